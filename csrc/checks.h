@@ -1,0 +1,50 @@
+// Input checks shared by the CPU and CUDA kernels. Messages are for people: they name the operator,
+// the argument, what was expected and what came (minimtl/ops/_checks.py says the same in Python,
+// for the fake kernels that torch.compile runs instead of these).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
+
+namespace minimtl {
+
+inline void check_boxes(const char* op, const char* name, const at::Tensor& boxes) {
+  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, op, ": ", name,
+              " must be a Tensor[N, 4] of (x1, y1, x2, y2) boxes, got shape ", boxes.sizes());
+  TORCH_CHECK(at::isFloatingType(boxes.scalar_type()), op, ": ", name,
+              " must be floating point (float16, bfloat16, float32 or float64), got ", boxes.scalar_type());
+}
+
+inline void check_scores(const char* op, const at::Tensor& scores, int64_t n) {
+  TORCH_CHECK(scores.dim() == 1 && scores.size(0) == n, op, ": scores must be a Tensor[N] with one score per box (N = ",
+              n, "), got shape ", scores.sizes());
+  TORCH_CHECK(at::isFloatingType(scores.scalar_type()), op,
+              ": scores must be floating point (float16, bfloat16, float32 or float64), got ", scores.scalar_type());
+}
+
+inline void check_idxs(const char* op, const at::Tensor& idxs, int64_t n) {
+  TORCH_CHECK(idxs.dim() == 1 && idxs.size(0) == n, op, ": idxs must be a Tensor[N] with one class index per box (N = ",
+              n, "), got shape ", idxs.sizes());
+  TORCH_CHECK(at::isIntegralType(idxs.scalar_type(), /*includeBool=*/false), op,
+              ": idxs must be an integer tensor (e.g. int64), got ", idxs.scalar_type());
+}
+
+inline void check_threshold(const char* op, double iou_threshold) {
+  TORCH_CHECK(iou_threshold == iou_threshold, op, ": iou_threshold must be a number, got NaN");
+}
+
+// Every tensor on one device: the dispatcher picks a kernel from the "highest" device among the
+// arguments, so a CPU tensor can reach a CUDA kernel (and the other way round) unless we check.
+inline void check_same_device(const char* op, const char* name_a, const at::Tensor& a, const char* name_b,
+                              const at::Tensor& b) {
+  TORCH_CHECK(a.device() == b.device(), op, ": ", name_a, " and ", name_b,
+              " must be on the same device, got ", a.device(), " and ", b.device());
+}
+
+inline void check_same_dtype(const char* op, const char* name_a, const at::Tensor& a, const char* name_b,
+                             const at::Tensor& b) {
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), op, ": ", name_a, " and ", name_b,
+              " must have the same dtype, got ", a.scalar_type(), " and ", b.scalar_type());
+}
+
+}  // namespace minimtl

@@ -1,0 +1,171 @@
+// Greedy non-maximum suppression on the GPU: the bitmask scheme.
+//
+// Reference: minimtl/ops/reference.py; CPU twin: csrc/cpu/nms.cpp. The greedy walk is sequential
+// (whether box i survives depends on every decision before it), but the IoU tests it needs are
+// not. So the work is split in two:
+//
+//   1. nms_mask_kernel, all in parallel. Boxes, sorted by decreasing score, are cut into blocks of
+//      64, and a CUDA block of 64 threads handles one (row block, column block) pair: each thread
+//      takes one row box i and tests it against the 64 column boxes, which the block first loads
+//      into shared memory (each is read by all 64 threads). The 64 answers "does i suppress j?"
+//      are the 64 bits of one unsigned long long: mask[i][column block]. Only j > i matter (a box
+//      never suppresses a higher-scoring one), so blocks below the diagonal return at once.
+//
+//   2. nms_gather_kernel, one CUDA block. It walks the boxes in order with a bitmask `removed`
+//      (one bit per box) in shared memory: box i is kept if its bit is clear, and then its mask
+//      row is OR-ed into `removed`, 64 boxes per word, the words split among the threads. The
+//      keep flags stay on the device: the mask is never copied to the host.
+//
+// The IoU is box_math.h's pair_iou, the same as the CPU kernel and the reference, bit for bit.
+// batched_nms is the same with one more test in step 1: boxes of different classes never suppress.
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/masked_select.h>
+#include <ATen/ops/sort.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <limits>
+
+#include "../box_math.h"
+#include "../checks.h"
+
+namespace minimtl {
+namespace {
+
+constexpr int kBoxesPerBlock = 64;  // one bit per box in an unsigned long long
+constexpr int kGatherThreads = 256;
+constexpr int64_t kMaxSharedBytes = 48 * 1024;  // `removed` must fit in default shared memory
+constexpr int64_t kMaxBoxes = kMaxSharedBytes / sizeof(unsigned long long) * kBoxesPerBlock;  // 393,216
+
+template <typename T>
+__global__ void nms_mask_kernel(const T* __restrict__ boxes, const int64_t* __restrict__ classes, int64_t n,
+                                T threshold, unsigned long long* __restrict__ mask) {
+  const int64_t row_block = blockIdx.y, col_block = blockIdx.x;
+  if (col_block < row_block) return;
+  const int64_t col_blocks = gridDim.x;
+  const int row_size = static_cast<int>(min(n - row_block * kBoxesPerBlock, int64_t{kBoxesPerBlock}));
+  const int col_size = static_cast<int>(min(n - col_block * kBoxesPerBlock, int64_t{kBoxesPerBlock}));
+
+  // The column tile: 64 boxes (and their areas and classes) read by every thread of the block.
+  __shared__ T tile[kBoxesPerBlock][5];
+  __shared__ int64_t tile_class[kBoxesPerBlock];
+  if (threadIdx.x < col_size) {
+    const int64_t j = col_block * kBoxesPerBlock + threadIdx.x;
+    for (int c = 0; c < 4; ++c) tile[threadIdx.x][c] = boxes[4 * j + c];
+    tile[threadIdx.x][4] = box_area(tile[threadIdx.x][0], tile[threadIdx.x][1], tile[threadIdx.x][2], tile[threadIdx.x][3]);
+    if (classes) tile_class[threadIdx.x] = classes[j];
+  }
+  __syncthreads();
+  if (threadIdx.x >= row_size) return;
+
+  const int64_t i = row_block * kBoxesPerBlock + threadIdx.x;
+  const T x1 = boxes[4 * i + 0], y1 = boxes[4 * i + 1], x2 = boxes[4 * i + 2], y2 = boxes[4 * i + 3];
+  const T area = box_area(x1, y1, x2, y2);
+  const int64_t cls = classes ? classes[i] : 0;
+  unsigned long long bits = 0;
+  // On the diagonal block only the boxes after i; elsewhere all 64 come after i.
+  for (int k = (row_block == col_block) ? threadIdx.x + 1 : 0; k < col_size; ++k) {
+    const bool same_class = classes == nullptr || tile_class[k] == cls;
+    const T iou = pair_iou(x1, y1, x2, y2, area, tile[k][0], tile[k][1], tile[k][2], tile[k][3], tile[k][4]);
+    if (same_class && iou > threshold) bits |= 1ULL << k;
+  }
+  mask[i * col_blocks + col_block] = bits;
+}
+
+// One block walks the boxes in score order. removed[w] holds the bits of boxes 64w .. 64w + 63.
+__global__ void nms_gather_kernel(const unsigned long long* __restrict__ mask, int64_t n, bool* __restrict__ keep) {
+  extern __shared__ unsigned long long removed[];
+  const int64_t col_blocks = (n + kBoxesPerBlock - 1) / kBoxesPerBlock;
+  for (int64_t w = threadIdx.x; w < col_blocks; w += blockDim.x) removed[w] = 0;
+  __syncthreads();
+
+  for (int64_t block = 0; block < col_blocks; ++block) {
+    unsigned long long removed_here = removed[block];  // the same value in every thread
+    __syncthreads();  // everyone has read removed[block] before anyone writes it below
+    for (int bit = 0; bit < kBoxesPerBlock; ++bit) {
+      const int64_t i = block * kBoxesPerBlock + bit;
+      if (i >= n) break;
+      const bool kept = !(removed_here & (1ULL << bit));
+      if (threadIdx.x == 0) keep[i] = kept;
+      if (!kept) continue;  // uniform across the block: every thread holds the same removed_here
+      // Box i survives: everything it suppresses is removed. Words before `block` hold only
+      // boxes already decided, so the OR starts at `block`.
+      const unsigned long long* row = mask + i * col_blocks;
+      for (int64_t w = block + threadIdx.x; w < col_blocks; w += blockDim.x) removed[w] |= row[w];
+      __syncthreads();
+      removed_here = removed[block];
+      __syncthreads();  // as above: all have read before the next OR writes
+    }
+  }
+}
+
+// Indices of the boxes by decreasing score. Ties keep index order; NaN ranks as -inf.
+at::Tensor order_by_score(const at::Tensor& scores) {
+  const at::ScalarType compute = scores.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor key = scores.to(compute);  // exact for float16/bfloat16
+  key.masked_fill_(key.isnan(), -std::numeric_limits<double>::infinity());
+  return std::get<1>(at::sort(key, /*stable=*/true, /*dim=*/0, /*descending=*/true));
+}
+
+at::Tensor nms_cuda_impl(const char* op, const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor* idxs,
+                         double iou_threshold) {
+  check_boxes(op, "boxes", boxes);
+  const int64_t n = boxes.size(0);
+  check_scores(op, scores, n);
+  check_same_device(op, "boxes", boxes, "scores", scores);
+  if (idxs) {
+    check_idxs(op, *idxs, n);
+    check_same_device(op, "boxes", boxes, "idxs", *idxs);
+  }
+  check_threshold(op, iou_threshold);
+  TORCH_CHECK(n <= kMaxBoxes, op, ": the CUDA kernel handles at most ", kMaxBoxes,
+              " boxes, got ", n, " (keep the top-scoring boxes first, e.g. with scores.topk)");
+  c10::cuda::CUDAGuard guard(boxes.device());
+  if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
+
+  const at::Tensor order = order_by_score(scores);  // (N,) rank -> box index
+  const int64_t col_blocks = (n + kBoxesPerBlock - 1) / kBoxesPerBlock;
+  at::Tensor mask = at::empty({n, col_blocks}, boxes.options().dtype(at::kLong));  // 64-bit words
+  at::Tensor keep = at::empty({n}, boxes.options().dtype(at::kBool));
+  at::Tensor classes;
+  if (idxs) classes = idxs->index_select(0, order).to(at::kLong).contiguous();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes.scalar_type(), "nms_cuda", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const at::Tensor sorted = boxes.index_select(0, order).to(c10::CppTypeToScalarType<T>::value).contiguous();
+    const dim3 grid(col_blocks, col_blocks);
+    nms_mask_kernel<T><<<grid, kBoxesPerBlock, 0, stream>>>(
+        sorted.data_ptr<T>(), idxs ? classes.data_ptr<int64_t>() : nullptr, n, static_cast<T>(iou_threshold),
+        reinterpret_cast<unsigned long long*>(mask.data_ptr<int64_t>()));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  nms_gather_kernel<<<1, kGatherThreads, col_blocks * sizeof(unsigned long long), stream>>>(
+      reinterpret_cast<const unsigned long long*>(mask.data_ptr<int64_t>()), n, keep.data_ptr<bool>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return order.masked_select(keep);  // kept box indices, in rank order
+}
+
+at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
+  return nms_cuda_impl("nms", boxes, scores, nullptr, iou_threshold);
+}
+
+at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
+                            double iou_threshold) {
+  return nms_cuda_impl("batched_nms", boxes, scores, &idxs, iou_threshold);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(minimtl, CUDA, m) {
+  m.impl("nms", &nms_cuda);
+  m.impl("batched_nms", &batched_nms_cuda);
+}
+
+}  // namespace minimtl

@@ -1,0 +1,60 @@
+"""Input checks for the fake kernels, which torch.compile runs instead of the C++ ones.
+
+They say what csrc/checks.h says in C++: the operator, the argument, what was expected, what came.
+"""
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def check_boxes(op: str, name: str, boxes: Tensor) -> None:
+    torch._check(
+        boxes.dim() == 2 and boxes.shape[1] == 4,
+        lambda: f"{op}: {name} must be a Tensor[N, 4] of (x1, y1, x2, y2) boxes, got shape {tuple(boxes.shape)}",
+    )
+    torch._check(
+        boxes.dtype.is_floating_point,
+        lambda: f"{op}: {name} must be floating point (float16, bfloat16, float32 or float64), got {boxes.dtype}",
+    )
+
+
+def check_scores(op: str, scores: Tensor, n) -> None:
+    torch._check(
+        scores.dim() == 1 and scores.shape[0] == n,
+        lambda: f"{op}: scores must be a Tensor[N] with one score per box (N = {n}), got shape {tuple(scores.shape)}",
+    )
+    torch._check(
+        scores.dtype.is_floating_point,
+        lambda: f"{op}: scores must be floating point (float16, bfloat16, float32 or float64), got {scores.dtype}",
+    )
+
+
+def check_idxs(op: str, idxs: Tensor, n) -> None:
+    torch._check(
+        idxs.dim() == 1 and idxs.shape[0] == n,
+        lambda: f"{op}: idxs must be a Tensor[N] with one class index per box (N = {n}), got shape {tuple(idxs.shape)}",
+    )
+    torch._check(
+        not idxs.dtype.is_floating_point and not idxs.dtype.is_complex and idxs.dtype != torch.bool,
+        lambda: f"{op}: idxs must be an integer tensor (e.g. int64), got {idxs.dtype}",
+    )
+
+
+def check_threshold(op: str, iou_threshold: float) -> None:
+    torch._check(not math.isnan(iou_threshold), lambda: f"{op}: iou_threshold must be a number, got NaN")
+
+
+def check_same_device(op: str, name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
+    torch._check(
+        a.device == b.device,
+        lambda: f"{op}: {name_a} and {name_b} must be on the same device, got {a.device} and {b.device}",
+    )
+
+
+def check_same_dtype(op: str, name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
+    torch._check(
+        a.dtype == b.dtype,
+        lambda: f"{op}: {name_a} and {name_b} must have the same dtype, got {a.dtype} and {b.dtype}",
+    )
