@@ -72,13 +72,23 @@ def extensions():
     link = ["-fopenmp"]
     if not with_cuda:
         print(f"minimtl: building the CPU kernels only (torch {torch.__version__}, CUDA toolkit {CUDA_HOME})")
-        return [CppExtension("minimtl._C", sources, define_macros=define_macros, extra_compile_args=extra, extra_link_args=link)]
+        return [
+            CppExtension(
+                "minimtl._C", sources, define_macros=define_macros, extra_compile_args=extra, extra_link_args=link
+            )
+        ]
     _default_arch_list()
-    print(f"minimtl: building the CPU and CUDA kernels for TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST')}")
+    print(
+        f"minimtl: building the CPU and CUDA kernels for TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST')}"
+    )
     sources += [str(p.relative_to(ROOT)) for p in sorted((CSRC / "cuda").glob("*.cu"))]
     define_macros.append(("MINIMTL_WITH_CUDA", None))
     extra["nvcc"] = ["-O3", "-fmad=false", "-lineinfo"]
-    return [CUDAExtension("minimtl._C", sources, define_macros=define_macros, extra_compile_args=extra, extra_link_args=link)]
+    return [
+        CUDAExtension(
+            "minimtl._C", sources, define_macros=define_macros, extra_compile_args=extra, extra_link_args=link
+        )
+    ]
 
 
 setup(

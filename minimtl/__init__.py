@@ -1,7 +1,7 @@
 """minimtl: multi-task object detection and segmentation from scratch, with hand-written kernels.
 
-    minimtl.ops        box IoU/GIoU, NMS: C++/CUDA kernels beside readable references
-    minimtl.bench      `python -m minimtl.bench ops`: kernels vs reference vs torchvision
+minimtl.ops        box IoU/GIoU, NMS: C++/CUDA kernels beside readable references
+minimtl.bench      `python -m minimtl.bench ops`: kernels vs reference vs torchvision
 """
 
 from minimtl import ops

@@ -30,9 +30,7 @@ def load():
     except ModuleNotFoundError as error:
         if error.name != "minimtl._C":
             raise
-        raise ImportError(
-            "minimtl's compiled kernels (minimtl._C) are not built. " + _rebuild_hint()
-        ) from None
+        raise ImportError("minimtl's compiled kernels (minimtl._C) are not built. " + _rebuild_hint()) from None
     except (ImportError, OSError) as error:
         # Typically an undefined symbol: built against another torch than the one installed.
         raise ImportError(

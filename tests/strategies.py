@@ -44,4 +44,3 @@ def box_lists(draw, min_size=0, max_size=12, special=False):
 def as_boxes(boxes, dtype=torch.float32, device="cpu"):
     """A list of box tuples as a Tensor[N, 4]."""
     return torch.tensor(boxes, dtype=dtype, device=device).reshape(-1, 4)
-

@@ -19,6 +19,7 @@ PAIRWISE_IDS = ["box_iou", "generalized_box_iou"]
 
 # --- a case to check by hand -------------------------------------------------------------------
 
+
 def test_hand_example():
     boxes = torch.tensor(
         [
@@ -57,6 +58,7 @@ def test_hand_example():
 
 # --- against the reference ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("op, ref", PAIRWISE, ids=PAIRWISE_IDS)
 @given(boxes1=box_lists(), boxes2=box_lists())
@@ -91,6 +93,7 @@ def test_nan_box_gives_zero():
 
 # --- shapes, layouts, dtypes -------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("op", [ops.box_iou, ops.generalized_box_iou], ids=PAIRWISE_IDS)
 @pytest.mark.parametrize("n, m", [(0, 0), (0, 3), (3, 0), (1, 1)])
@@ -123,6 +126,7 @@ def test_half_precision_computes_in_float32(op, ref, dtype, device):
 
 # --- gradients ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("op", [ops.box_iou, ops.generalized_box_iou], ids=PAIRWISE_IDS)
 def test_gradcheck(op):
     torch.manual_seed(0)
@@ -143,6 +147,7 @@ def test_gradient_matches_reference(op, ref, dtype):
 
 # --- the custom-op machinery: opcheck, torch.compile -------------------------------------------
 
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", PAIRWISE_IDS)
 def test_opcheck(name, device):
@@ -151,7 +156,10 @@ def test_opcheck(name, device):
         (random_boxes(7, device=device), random_boxes(5, device=device)),
         (random_boxes(0, device=device), random_boxes(5, device=device)),
         (random_boxes(4, torch.float64, device).requires_grad_(), random_boxes(3, torch.float64, device)),
-        (random_boxes(4, torch.float64, device).requires_grad_(), random_boxes(3, torch.float64, device).requires_grad_()),
+        (
+            random_boxes(4, torch.float64, device).requires_grad_(),
+            random_boxes(3, torch.float64, device).requires_grad_(),
+        ),
     ]
     for args in samples:
         torch.library.opcheck(op, args)
@@ -186,7 +194,11 @@ BAD_INPUTS = [
     (torch.zeros(3, 5), torch.zeros(2, 4), r"boxes1 must be a Tensor\[N, 4\].*got shape \[3, 5\]"),
     (torch.zeros(2, 4), torch.zeros(4), r"boxes2 must be a Tensor\[N, 4\].*got shape \[4\]"),
     (torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 4, dtype=torch.long), r"boxes1 must be floating point.*Long"),
-    (torch.zeros(2, 4), torch.zeros(2, 4, dtype=torch.float64), r"boxes1 and boxes2 must have the same dtype, got Float and Double"),
+    (
+        torch.zeros(2, 4),
+        torch.zeros(2, 4, dtype=torch.float64),
+        r"boxes1 and boxes2 must have the same dtype, got Float and Double",
+    ),
 ]
 
 
@@ -238,6 +250,7 @@ def test_non_finite_input_never_crashes():
 
 # --- independent oracle: torchvision -----------------------------------------------------------
 
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", PAIRWISE_IDS)
 def test_matches_torchvision(name, device):
@@ -249,6 +262,7 @@ def test_matches_torchvision(name, device):
 
 
 # --- CUDA against CPU --------------------------------------------------------------------------
+
 
 @requires_cuda
 @pytest.mark.cuda

@@ -79,6 +79,7 @@ def test_ties_keep_index_order():
 
 # --- against the reference ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @given(inputs=nms_inputs())
 def test_nms_matches_reference(dtype, inputs):
@@ -130,11 +131,15 @@ def test_larger_dense_input_matches_reference():
 
 # --- shapes, layouts, dtypes, thresholds --------------------------------------------------------
 
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_empty_and_single(device):
     for n in (0, 1):
         boxes, scores = random_boxes(n, device=device), torch.rand(n, device=device)
-        for kept in (ops.nms(boxes, scores, 0.5), ops.batched_nms(boxes, scores, torch.zeros(n, dtype=torch.long, device=device), 0.5)):
+        for kept in (
+            ops.nms(boxes, scores, 0.5),
+            ops.batched_nms(boxes, scores, torch.zeros(n, dtype=torch.long, device=device), 0.5),
+        ):
             assert kept.dtype == torch.long and kept.device.type == device and kept.tolist() == list(range(n))
 
 
@@ -177,6 +182,7 @@ def test_idxs_any_integer_dtype(device):
 
 # --- the custom-op machinery ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     boxes, scores = random_boxes(50, device=device, size=100), torch.rand(50, device=device)
@@ -211,6 +217,7 @@ def test_torch_compile_inductor():
 
 # --- bad input ---------------------------------------------------------------------------------
 
+
 def test_bad_input_clear_errors():
     boxes, scores = torch.zeros(3, 4), torch.zeros(3)
     cases = [
@@ -221,8 +228,10 @@ def test_bad_input_clear_errors():
         (lambda: ops.nms(boxes, scores.long(), 0.5), r"nms: scores must be floating point.*got Long"),
         (lambda: ops.nms(boxes, scores, math.nan), r"nms: iou_threshold must be a number, got NaN"),
         (lambda: ops.batched_nms(boxes, scores, torch.zeros(3), 0.5), r"batched_nms: idxs must be an integer.*Float"),
-        (lambda: ops.batched_nms(boxes, scores, torch.zeros(2, dtype=torch.long), 0.5),
-         r"batched_nms: idxs must be a Tensor\[N\].*got shape \[2\]"),
+        (
+            lambda: ops.batched_nms(boxes, scores, torch.zeros(2, dtype=torch.long), 0.5),
+            r"batched_nms: idxs must be a Tensor\[N\].*got shape \[2\]",
+        ),
     ]
     for call, message in cases:
         with pytest.raises(RuntimeError, match=message):
@@ -235,7 +244,9 @@ def test_mixed_devices_clear_error():
     with pytest.raises(RuntimeError, match="nms: boxes and scores must be on the same device"):
         ops.nms(torch.zeros(2, 4, device="cuda"), torch.zeros(2), 0.5)
     with pytest.raises(RuntimeError, match="batched_nms: boxes and idxs must be on the same device"):
-        ops.batched_nms(torch.zeros(2, 4, device="cuda"), torch.zeros(2, device="cuda"), torch.zeros(2, dtype=torch.long), 0.5)
+        ops.batched_nms(
+            torch.zeros(2, 4, device="cuda"), torch.zeros(2, device="cuda"), torch.zeros(2, dtype=torch.long), 0.5
+        )
 
 
 def test_non_finite_input_never_crashes():
@@ -267,6 +278,7 @@ def test_non_finite_input_never_crashes():
 
 # --- independent oracle: torchvision -----------------------------------------------------------
 
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_matches_torchvision(device):
     tv_ops = pytest.importorskip("torchvision.ops")
@@ -282,6 +294,7 @@ def test_matches_torchvision(device):
 
 
 # --- CUDA against CPU --------------------------------------------------------------------------
+
 
 @requires_cuda
 @pytest.mark.cuda

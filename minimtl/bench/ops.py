@@ -74,19 +74,43 @@ def cases(device: str, quick: bool) -> list[Case]:
         a, b = random_boxes(n, generator=g, device=device), random_boxes(m, generator=g, device=device)
         for name in ("box_iou", "generalized_box_iou"):
             out.append(
-                Case(name, f"{n}x{m}", n * m, (a, b), getattr(ops, name), getattr(reference, name),
-                     getattr(tv_ops, name) if tv_ops else None, _close)
+                Case(
+                    name,
+                    f"{n}x{m}",
+                    n * m,
+                    (a, b),
+                    getattr(ops, name),
+                    getattr(reference, name),
+                    getattr(tv_ops, name) if tv_ops else None,
+                    _close,
+                )
             )
     for n in nms_sizes:
         boxes, scores = random_boxes(n, generator=g, device=device), unique_scores(n, device, generator=g)
         out.append(
-            Case("nms", f"{n} boxes", n * n, (boxes, scores, 0.5), ops.nms, reference.nms,
-                 tv_ops.nms if tv_ops else None, _same_indices)
+            Case(
+                "nms",
+                f"{n} boxes",
+                n * n,
+                (boxes, scores, 0.5),
+                ops.nms,
+                reference.nms,
+                tv_ops.nms if tv_ops else None,
+                _same_indices,
+            )
         )
         classes = torch.randint(0, 10, (n,), generator=g).to(device)
         out.append(
-            Case("batched_nms", f"{n} boxes, 10 classes", n * n, (boxes, scores, classes, 0.5), ops.batched_nms,
-                 reference.batched_nms, tv_ops.batched_nms if tv_ops else None, _same_indices)
+            Case(
+                "batched_nms",
+                f"{n} boxes, 10 classes",
+                n * n,
+                (boxes, scores, classes, 0.5),
+                ops.batched_nms,
+                reference.batched_nms,
+                tv_ops.batched_nms if tv_ops else None,
+                _same_indices,
+            )
         )
     return out
 
@@ -132,13 +156,22 @@ def format_table(rows: list[dict]) -> str:
 
     header = ("op", "size", "reference ms", "minimtl ms", "torchvision ms", "minimtl/tv", "ref/minimtl")
     lines = [header] + [
-        (r["op"], r["size"], fmt(r["reference_ms"], ".2f"), fmt(r["minimtl_ms"], ".3f"), fmt(r["torchvision_ms"], ".3f"),
-         fmt(r["vs_torchvision"], ".3f"), fmt(r["speedup_vs_reference"], ".1f") + ("x" if r["speedup_vs_reference"] else ""))
+        (
+            r["op"],
+            r["size"],
+            fmt(r["reference_ms"], ".2f"),
+            fmt(r["minimtl_ms"], ".3f"),
+            fmt(r["torchvision_ms"], ".3f"),
+            fmt(r["vs_torchvision"], ".3f"),
+            fmt(r["speedup_vs_reference"], ".1f") + ("x" if r["speedup_vs_reference"] else ""),
+        )
         for r in rows
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
-            for line in lines]
+    text = [
+        "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True)))
+        for line in lines
+    ]
     text.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(text)
 
