@@ -151,8 +151,10 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
-    def fmt(x, spec):
-        return "-" if x is None else format(x, spec)
+    """The rows as a plain-text table: names left-aligned, numbers right-aligned."""
+
+    def fmt(x, spec, suffix=""):
+        return "-" if x is None else format(x, spec) + suffix
 
     header = ("op", "size", "reference ms", "minimtl ms", "torchvision ms", "minimtl/tv", "ref/minimtl")
     lines = [header] + [
@@ -163,17 +165,17 @@ def format_table(rows: list[dict]) -> str:
             fmt(r["minimtl_ms"], ".3f"),
             fmt(r["torchvision_ms"], ".3f"),
             fmt(r["vs_torchvision"], ".3f"),
-            fmt(r["speedup_vs_reference"], ".1f") + ("x" if r["speedup_vs_reference"] else ""),
+            fmt(r["speedup_vs_reference"], ".1f", "x"),
         )
         for r in rows
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = [
-        "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True)))
-        for line in lines
-    ]
-    text.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(text)
+
+    def join(cells):
+        aligned = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
+        return "  ".join(aligned)
+
+    return "\n".join([join(lines[0]), "  ".join("-" * w for w in widths)] + [join(line) for line in lines[1:]])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
