@@ -7,7 +7,7 @@
 
 #include <Python.h>
 #include <torch/library.h>
-#include <torch/headeronly/version.h>
+#include <torch/version.h>  // TORCH_VERSION_MAJOR/MINOR/PATCH
 
 TORCH_LIBRARY(minimtl, m) {
   // Boxes are (x1, y1, x2, y2). Pairwise, fused in one pass: Tensor[N, 4], Tensor[M, 4] -> [N, M].

@@ -118,10 +118,8 @@ def test_non_contiguous(op, ref):
 @pytest.mark.parametrize("op, ref", PAIRWISE, ids=PAIRWISE_IDS)
 def test_half_precision_computes_in_float32(op, ref, dtype, device):
     boxes1, boxes2 = random_boxes(50, dtype, device), random_boxes(60, dtype, device)
-    out = op(boxes1, boxes2)
-    assert out.dtype == dtype
-    expected = ref(boxes1.float(), boxes2.float()).to(dtype)
-    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+    out = check_op(op, ref, boxes1, boxes2)
+    torch.testing.assert_close(out, ref(boxes1.float(), boxes2.float()).to(dtype), atol=0, rtol=0)
 
 
 # --- gradients ---------------------------------------------------------------------------------

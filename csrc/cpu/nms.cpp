@@ -5,8 +5,9 @@
 //   1. boxes are ranked by decreasing score (stable; a NaN score ranks as -inf);
 //   2. they are copied, in rank order, into a structure of arrays (box_arrays.h);
 //   3. the greedy loop keeps box i unless a kept box already removed it, then removes every later
-//      box j whose IoU with i is > iou_threshold. Only the rows of kept boxes are ever computed, and
-//      the loop over j is branch-free, so the compiler vectorises it.
+//      box j whose IoU with i is > iou_threshold. Only the rows of kept boxes are ever computed;
+//      the loop over j is branch-free, so it vectorises, and it is split between threads (in tiles,
+//      see greedy_nms).
 // batched_nms runs step 3 once per class: boxes of different classes never meet, so the classes
 // are independent tasks, shared between threads with at::parallel_for.
 
@@ -46,24 +47,52 @@ std::vector<int64_t> order_by_score(const at::Tensor& scores) {
   return order;
 }
 
-// The greedy loop over b[begin:end], boxes sorted by decreasing score: sets keep[i] = 1 for each
-// box that survives. `removed` is scratch of at least end - begin bytes.
+// Box i removes every box j in [from, to) that it overlaps with IoU > threshold. Branch-free, so
+// the compiler vectorises it: this loop is where NMS spends its time.
 template <typename T>
-MINIMTL_SIMD_CLONES void greedy_nms(const BoxArrays<T>& b, int64_t begin, int64_t end, T threshold, uint8_t* keep,
-                uint8_t* __restrict removed) {
+MINIMTL_SIMD_CLONES void suppress(const BoxArrays<T>& b, int64_t i, int64_t from, int64_t to, T threshold,
+                                  uint8_t* __restrict removed) {
   const T* __restrict x1 = b.x1.data();
   const T* __restrict y1 = b.y1.data();
   const T* __restrict x2 = b.x2.data();
   const T* __restrict y2 = b.y2.data();
   const T* __restrict area = b.area.data();
-  std::fill(removed, removed + (end - begin), uint8_t{0});
-  for (int64_t i = begin; i < end; ++i) {
-    if (removed[i - begin]) continue;
-    keep[i] = 1;
-    for (int64_t j = i + 1; j < end; ++j) {
-      const T iou = pair_iou(x1[i], y1[i], x2[i], y2[i], area[i], x1[j], y1[j], x2[j], y2[j], area[j]);
-      removed[j - begin] |= static_cast<uint8_t>(iou > threshold);
+  for (int64_t j = from; j < to; ++j) {
+    const T iou = pair_iou(x1[i], y1[i], x2[i], y2[i], area[i], x1[j], y1[j], x2[j], y2[j], area[j]);
+    removed[j] |= static_cast<uint8_t>(iou > threshold);
+  }
+}
+
+// Greedy NMS over the boxes b[begin:end], sorted by decreasing score: sets keep[i] = 1 for each box
+// that survives. removed[begin:end] is scratch.
+//
+// This is the plain greedy loop (keep i unless removed; i removes the later boxes it overlaps),
+// done a tile of kTile boxes at a time so that its long part can be shared between threads:
+//   1. inside the tile, the plain loop decides which boxes of the tile survive;
+//   2. the survivors remove what they overlap among all the boxes after the tile. These tests do
+//      not depend on each other, so the boxes after the tile are split between the threads.
+// The decisions are the plain loop's: a box is removed iff a kept box before it overlaps it.
+constexpr int64_t kTile = 128;
+constexpr int64_t kMinBoxesPerThread = 2048;
+
+template <typename T>
+void greedy_nms(const BoxArrays<T>& b, int64_t begin, int64_t end, T threshold, uint8_t* keep, uint8_t* removed) {
+  std::fill(removed + begin, removed + end, uint8_t{0});
+  std::vector<int64_t> kept_in_tile;
+  kept_in_tile.reserve(kTile);
+  for (int64_t tile = begin; tile < end; tile += kTile) {
+    const int64_t tile_end = std::min(tile + kTile, end);
+    kept_in_tile.clear();
+    for (int64_t i = tile; i < tile_end; ++i) {  // 1.
+      if (removed[i]) continue;
+      keep[i] = 1;
+      kept_in_tile.push_back(i);
+      suppress(b, i, i + 1, tile_end, threshold, removed);
     }
+    // 2. (runs inline when called from a parallel region, as batched_nms does)
+    at::parallel_for(tile_end, end, kMinBoxesPerThread, [&](int64_t from, int64_t to) {
+      for (const int64_t i : kept_in_tile) suppress(b, i, from, to, threshold, removed);
+    });
   }
 }
 
@@ -109,8 +138,9 @@ at::Tensor nms_cpu_impl(const char* op, const at::Tensor& boxes, const at::Tenso
     using T = at::opmath_type<scalar_t>;
     const BoxArrays<T> b = load_boxes<T, scalar_t>(boxes, box_of.data(), n);
     const T threshold = static_cast<T>(iou_threshold);
+    std::vector<uint8_t> removed(n);
+    // The classes are independent: one task each, shared between threads.
     at::parallel_for(0, num_runs, 1, [&](int64_t first, int64_t last) {
-      std::vector<uint8_t> removed(starts[last] - starts[first]);
       for (int64_t c = first; c < last; ++c) {
         greedy_nms(b, starts[c], starts[c + 1], threshold, keep.data(), removed.data());
       }

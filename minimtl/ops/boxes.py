@@ -77,14 +77,11 @@ def _register(op: str, reference_fn) -> None:
         ctx.save_for_backward(*inputs)
 
     def backward(ctx, grad):
-        # The kernel computes the reference's function exactly, so the reference's gradient is its
-        # gradient. Backward is rare for pairwise IoU (DETR's matching loss is one user) and runs
-        # at reference speed, in float32 or float64 like the forward.
-        boxes1, boxes2 = ctx.saved_tensors
-        compute = torch.float64 if boxes1.dtype == torch.float64 else torch.float32
-        _, vjp = torch.func.vjp(reference_fn, boxes1.to(compute), boxes2.to(compute))
-        grad1, grad2 = vjp(grad.to(compute))
-        return grad1.to(boxes1.dtype), grad2.to(boxes2.dtype)
+        # The kernel computes the reference's function exactly (in the same precision), so the
+        # reference's gradient is its gradient. Backward is rare for pairwise IoU (DETR's matching
+        # loss is one user) and runs at reference speed.
+        _, vjp = torch.func.vjp(reference_fn, *ctx.saved_tensors)
+        return vjp(grad)
 
     torch.library.register_autograd(f"minimtl::{op}", backward, setup_context=setup_context)
 

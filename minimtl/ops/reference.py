@@ -1,7 +1,8 @@
 """Readable pure-PyTorch versions of minimtl's kernels: what the notebooks teach and the tests check.
 
 Each function here computes exactly what its kernel in csrc/ computes, the same operations in the
-same order, so the kernels are compared with these to the last bit (IoU) or index for index (NMS).
+same order and in the same precision (float16 and bfloat16 boxes in float32, like the kernels), so
+the kernels are compared with these to the last bit (IoU) or index for index (NMS).
 They are written to be read, not to be fast: box_iou builds N x M temporaries for every step, and
 nms fills the whole N x N IoU matrix before walking it in a Python loop.
 
@@ -10,6 +11,11 @@ Boxes are (x1, y1, x2, y2). Shapes: N, M boxes; K kept boxes.
 
 import torch
 from torch import Tensor
+
+
+def _compute_dtype(boxes: Tensor) -> torch.dtype:
+    """The kernels compute in float64 for float64 boxes and in float32 for everything else."""
+    return torch.float64 if boxes.dtype == torch.float64 else torch.float32
 
 
 def box_area(boxes: Tensor) -> Tensor:
@@ -47,10 +53,12 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     IoU(a, b) = |a ∩ b| / |a ∪ b|,  |a ∪ b| = |a| + |b| - |a ∩ b|.
     Where the union is not positive (two empty boxes) or is NaN (a NaN coordinate), IoU is 0.
     """
+    dtype = boxes1.dtype
+    boxes1, boxes2 = boxes1.to(_compute_dtype(boxes1)), boxes2.to(_compute_dtype(boxes2))
     area1, area2 = box_area(boxes1), box_area(boxes2)  # (N,), (M,)
     inter = _intersection(boxes1, boxes2)  # (N, M)
     union = area1[:, None] + area2[None, :] - inter  # (N, M)
-    return _safe_divide(inter, union)
+    return _safe_divide(inter, union).to(dtype)
 
 
 def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
@@ -60,6 +68,8 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     It lies in [-1, 1] and, unlike IoU, still says how far apart two disjoint boxes are.
     Where |C| is not positive the penalty is left out; any NaN left (from inf - inf) becomes 0.
     """
+    dtype = boxes1.dtype
+    boxes1, boxes2 = boxes1.to(_compute_dtype(boxes1)), boxes2.to(_compute_dtype(boxes2))
     area1, area2 = box_area(boxes1), box_area(boxes2)  # (N,), (M,)
     inter = _intersection(boxes1, boxes2)  # (N, M)
     union = area1[:, None] + area2[None, :] - inter  # (N, M)
@@ -72,7 +82,7 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 
     positive = enclose > 0
     giou = torch.where(positive, iou - (enclose - union) / torch.where(positive, enclose, 1), iou)
-    return torch.where(torch.isnan(giou), 0, giou)
+    return torch.where(torch.isnan(giou), 0, giou).to(dtype)
 
 
 def order_by_score(scores: Tensor) -> Tensor:
@@ -88,8 +98,9 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     with IoU > iou_threshold.
     """
     order = order_by_score(scores)  # (N,) rank -> box index
-    iou = box_iou(boxes[order], boxes[order]).cpu()  # (N, N), rows and columns in rank order
-    # The comparison happens in the boxes' dtype, as in the kernels (for float32 boxes, 0.7 is
+    sorted_boxes = boxes[order].to(_compute_dtype(boxes))
+    iou = box_iou(sorted_boxes, sorted_boxes).cpu()  # (N, N), rows and columns in rank order
+    # The comparison happens in the compute dtype, as in the kernels (for float32 boxes, 0.7 is
     # compared as the float32 nearest to 0.7).
     threshold = torch.tensor(iou_threshold, dtype=iou.dtype)
     removed = torch.zeros(len(order), dtype=torch.bool)

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The GPU check, in one call on a machine with a CUDA GPU (the lent H100/H200: torch, torchvision,
+# pytest and hypothesis preinstalled, no network). It
+#   1. builds minimtl._C with the CUDA kernels, in place, against the torch that is there;
+#   2. runs the kernel tests (the CUDA cases included: CUDA against CPU and the reference);
+#   3. runs the op benchmark on the GPU against torchvision's CUDA ops;
+# and prints a short table at the end. Logs and JSON go to $OUT (or ./gpu_check_out).
+# Record each run in docs/gpu-results.md. Budget: under 10 minutes.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_check_out}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export MINIMTL_WITH_CUDA=1 MINIMTL_EXPECT_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+[ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ] && export CUDA_HOME=/usr/local/cuda
+status=0
+t0=$(date +%s)
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+"$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
+
+echo "== build"
+if ! MAX_JOBS=16 "$PY" setup.py build_ext --inplace >"$OUT/build.log" 2>&1; then
+  tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+fi
+t_build=$(( $(date +%s) - t0 ))
+
+echo "== kernel tests"
+"$PY" -m pytest tests/test_box_iou.py tests/test_nms.py tests/test_build.py -q -p no:cacheprovider \
+  --junitxml="$OUT/tests.xml" >"$OUT/tests.log" 2>&1 || status=1
+tail -15 "$OUT/tests.log"
+t_tests=$(( $(date +%s) - t0 - t_build ))
+
+echo "== benchmark (GPU)"
+"$PY" -m minimtl.bench ops --device cuda --json "$OUT/bench_cuda.json" >"$OUT/bench.log" 2>&1 || status=1
+t_bench=$(( $(date +%s) - t0 - t_build - t_tests ))
+
+echo
+echo "== summary: $(head -1 "$OUT/gpu.txt")"
+echo "build ${t_build}s, tests ${t_tests}s, benchmark ${t_bench}s"
+grep -E "passed|failed|error" "$OUT/tests.log" | tail -1
+cat "$OUT/bench.log"
+exit $status

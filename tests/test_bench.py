@@ -1,0 +1,37 @@
+"""`python -m minimtl.bench ops` runs, validates every kernel before timing it, and reports every op.
+
+No timing is asserted here (timings belong to the benchmark's own output)."""
+
+import json
+import os
+import subprocess
+import sys
+
+
+def test_bench_ops_quick(tmp_path):
+    out = tmp_path / "rows.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "minimtl.bench", "ops", "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())
+    assert {r["op"] for r in rows} == {"box_iou", "generalized_box_iou", "nms", "batched_nms"}
+    for row in rows:
+        assert row["minimtl_ms"] > 0 and row["reference_ms"] > 0
+        assert row["op"] in result.stdout
+    assert "minimtl/tv" in result.stdout
+
+
+def test_bench_cuda_without_gpu_is_a_clear_refusal():
+    # CUDA_VISIBLE_DEVICES="" hides any GPU, so this runs the same on every machine.
+    result = subprocess.run(
+        [sys.executable, "-m", "minimtl.bench", "ops", "--device", "cuda"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert result.returncode == 2 and "no CUDA GPU is available" in result.stdout
