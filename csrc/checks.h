@@ -47,4 +47,25 @@ inline void check_same_dtype(const char* op, const char* name_a, const at::Tenso
               " must have the same dtype, got ", a.scalar_type(), " and ", b.scalar_type());
 }
 
+// Everything box_iou and generalized_box_iou need of their inputs.
+inline void check_pairwise_inputs(const char* op, const at::Tensor& boxes1, const at::Tensor& boxes2) {
+  check_boxes(op, "boxes1", boxes1);
+  check_boxes(op, "boxes2", boxes2);
+  check_same_device(op, "boxes1", boxes1, "boxes2", boxes2);
+  check_same_dtype(op, "boxes1", boxes1, "boxes2", boxes2);
+}
+
+// Everything nms (idxs null) and batched_nms need of their inputs.
+inline void check_nms_inputs(const char* op, const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor* idxs,
+                             double iou_threshold) {
+  check_boxes(op, "boxes", boxes);
+  check_scores(op, scores, boxes.size(0));
+  check_same_device(op, "boxes", boxes, "scores", scores);
+  if (idxs) {
+    check_idxs(op, *idxs, boxes.size(0));
+    check_same_device(op, "boxes", boxes, "idxs", *idxs);
+  }
+  check_threshold(op, iou_threshold);
+}
+
 }  // namespace minimtl

@@ -34,10 +34,7 @@ MINIMTL_SIMD_CLONES void pairwise_row(T ax1, T ay1, T ax2, T ay2, T area_a, cons
 
 template <bool generalized>
 at::Tensor pairwise_cpu(const char* op, const at::Tensor& boxes1, const at::Tensor& boxes2) {
-  check_boxes(op, "boxes1", boxes1);
-  check_boxes(op, "boxes2", boxes2);
-  check_same_device(op, "boxes1", boxes1, "boxes2", boxes2);
-  check_same_dtype(op, "boxes1", boxes1, "boxes2", boxes2);
+  check_pairwise_inputs(op, boxes1, boxes2);
 
   const int64_t n = boxes1.size(0), m = boxes2.size(0);
   at::Tensor out = at::empty({n, m}, boxes1.options());  // (N, M)

@@ -99,15 +99,8 @@ void greedy_nms(const BoxArrays<T>& b, int64_t begin, int64_t end, T threshold, 
 // nms (idxs undefined) and batched_nms share everything but the grouping into classes.
 at::Tensor nms_cpu_impl(const char* op, const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor* idxs,
                         double iou_threshold) {
-  check_boxes(op, "boxes", boxes);
+  check_nms_inputs(op, boxes, scores, idxs, iou_threshold);
   const int64_t n = boxes.size(0);
-  check_scores(op, scores, n);
-  check_same_device(op, "boxes", boxes, "scores", scores);
-  if (idxs) {
-    check_idxs(op, *idxs, n);
-    check_same_device(op, "boxes", boxes, "idxs", *idxs);
-  }
-  check_threshold(op, iou_threshold);
   if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
 
   // rank r -> box index, by decreasing score

@@ -53,10 +53,7 @@ __global__ void pairwise_kernel(const scalar_t* __restrict__ boxes1, const scala
 
 template <bool generalized>
 at::Tensor pairwise_cuda(const char* op, const at::Tensor& boxes1, const at::Tensor& boxes2) {
-  check_boxes(op, "boxes1", boxes1);
-  check_boxes(op, "boxes2", boxes2);
-  check_same_device(op, "boxes1", boxes1, "boxes2", boxes2);
-  check_same_dtype(op, "boxes1", boxes1, "boxes2", boxes2);
+  check_pairwise_inputs(op, boxes1, boxes2);
   c10::cuda::CUDAGuard guard(boxes1.device());
 
   const int64_t n = boxes1.size(0), m = boxes2.size(0);

@@ -115,15 +115,8 @@ at::Tensor order_by_score(const at::Tensor& scores) {
 
 at::Tensor nms_cuda_impl(const char* op, const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor* idxs,
                          double iou_threshold) {
-  check_boxes(op, "boxes", boxes);
+  check_nms_inputs(op, boxes, scores, idxs, iou_threshold);
   const int64_t n = boxes.size(0);
-  check_scores(op, scores, n);
-  check_same_device(op, "boxes", boxes, "scores", scores);
-  if (idxs) {
-    check_idxs(op, *idxs, n);
-    check_same_device(op, "boxes", boxes, "idxs", *idxs);
-  }
-  check_threshold(op, iou_threshold);
   TORCH_CHECK(n <= kMaxBoxes, op, ": the CUDA kernel handles at most ", kMaxBoxes,
               " boxes, got ", n, " (keep the top-scoring boxes first, e.g. with scores.topk)");
   c10::cuda::CUDAGuard guard(boxes.device());

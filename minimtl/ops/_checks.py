@@ -58,3 +58,20 @@ def check_same_dtype(op: str, name_a: str, a: Tensor, name_b: str, b: Tensor) ->
         a.dtype == b.dtype,
         lambda: f"{op}: {name_a} and {name_b} must have the same dtype, got {a.dtype} and {b.dtype}",
     )
+
+
+def check_pairwise_inputs(op: str, boxes1: Tensor, boxes2: Tensor) -> None:
+    check_boxes(op, "boxes1", boxes1)
+    check_boxes(op, "boxes2", boxes2)
+    check_same_device(op, "boxes1", boxes1, "boxes2", boxes2)
+    check_same_dtype(op, "boxes1", boxes1, "boxes2", boxes2)
+
+
+def check_nms_inputs(op: str, boxes: Tensor, scores: Tensor, idxs: Tensor | None, iou_threshold: float) -> None:
+    check_boxes(op, "boxes", boxes)
+    check_scores(op, scores, boxes.shape[0])
+    check_same_device(op, "boxes", boxes, "scores", scores)
+    if idxs is not None:
+        check_idxs(op, idxs, boxes.shape[0])
+        check_same_device(op, "boxes", boxes, "idxs", idxs)
+    check_threshold(op, iou_threshold)

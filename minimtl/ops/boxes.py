@@ -67,10 +67,7 @@ def _register(op: str, reference_fn) -> None:
 
     @torch.library.register_fake(f"minimtl::{op}")
     def _(boxes1, boxes2):
-        _checks.check_boxes(op, "boxes1", boxes1)
-        _checks.check_boxes(op, "boxes2", boxes2)
-        _checks.check_same_device(op, "boxes1", boxes1, "boxes2", boxes2)
-        _checks.check_same_dtype(op, "boxes1", boxes1, "boxes2", boxes2)
+        _checks.check_pairwise_inputs(op, boxes1, boxes2)
         return boxes1.new_empty((boxes1.shape[0], boxes2.shape[0]))  # (N, M)
 
     def setup_context(ctx, inputs, output):

@@ -80,19 +80,11 @@ def _kept_indices(boxes: Tensor) -> Tensor:
 
 @torch.library.register_fake("minimtl::nms")
 def _(boxes, scores, iou_threshold):
-    _checks.check_boxes("nms", "boxes", boxes)
-    _checks.check_scores("nms", scores, boxes.shape[0])
-    _checks.check_same_device("nms", "boxes", boxes, "scores", scores)
-    _checks.check_threshold("nms", iou_threshold)
+    _checks.check_nms_inputs("nms", boxes, scores, None, iou_threshold)
     return _kept_indices(boxes)
 
 
 @torch.library.register_fake("minimtl::batched_nms")
 def _(boxes, scores, idxs, iou_threshold):
-    _checks.check_boxes("batched_nms", "boxes", boxes)
-    _checks.check_scores("batched_nms", scores, boxes.shape[0])
-    _checks.check_idxs("batched_nms", idxs, boxes.shape[0])
-    _checks.check_same_device("batched_nms", "boxes", boxes, "scores", scores)
-    _checks.check_same_device("batched_nms", "boxes", boxes, "idxs", idxs)
-    _checks.check_threshold("batched_nms", iou_threshold)
+    _checks.check_nms_inputs("batched_nms", boxes, scores, idxs, iou_threshold)
     return _kept_indices(boxes)
