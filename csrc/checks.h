@@ -68,4 +68,56 @@ inline void check_nms_inputs(const char* op, const at::Tensor& boxes, const at::
   check_threshold(op, iou_threshold);
 }
 
+// rois[:, 0] must hold integer batch indices in [0, batch_size): anything else would read outside
+// the input. Computed with tensor ops, so it works on any device (on CUDA it synchronises once).
+inline void check_batch_indices(const char* op, const at::Tensor& rois, int64_t batch_size) {
+  if (rois.size(0) == 0) return;
+  const at::Tensor index = rois.select(1, 0);
+  const at::Tensor bad = index.lt(0).logical_or_(index.ge(batch_size)).logical_or_(index.ne(index.floor()));  // NaN != NaN
+  if (!bad.any().item<bool>()) return;
+  const int64_t k = bad.nonzero().select(1, 0)[0].item<int64_t>();
+  TORCH_CHECK(false, op, ": rois[:, 0] must hold integer batch indices in [0, ", batch_size, "), got ",
+              index[k].item<double>(), " in row ", k);
+}
+
+inline void check_rois(const char* op, const at::Tensor& rois) {
+  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, op,
+              ": rois must be a Tensor[K, 5] of (batch_index, x1, y1, x2, y2), got shape ", rois.sizes());
+  TORCH_CHECK(at::isFloatingType(rois.scalar_type()), op, ": rois must be floating point, got ", rois.scalar_type());
+}
+
+inline void check_output_size(const char* op, int64_t pooled_height, int64_t pooled_width) {
+  TORCH_CHECK(pooled_height > 0 && pooled_width > 0, op, ": output_size must be positive, got (", pooled_height,
+              ", ", pooled_width, ")");
+}
+
+// Everything roi_align needs of its inputs.
+inline void check_roi_align_inputs(const char* op, const at::Tensor& input, const at::Tensor& rois,
+                                   int64_t pooled_height, int64_t pooled_width) {
+  TORCH_CHECK(input.dim() == 4, op, ": input must be a Tensor[N, C, H, W], got shape ", input.sizes());
+  TORCH_CHECK(at::isFloatingType(input.scalar_type()), op,
+              ": input must be floating point (float16, bfloat16, float32 or float64), got ", input.scalar_type());
+  check_rois(op, rois);
+  check_same_device(op, "input", input, "rois", rois);
+  check_output_size(op, pooled_height, pooled_width);
+  check_batch_indices(op, rois, input.size(0));
+}
+
+// Everything _roi_align_backward needs of its inputs.
+inline void check_roi_align_backward_inputs(const char* op, const at::Tensor& grad, const at::Tensor& rois,
+                                            int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
+                                            int64_t channels, int64_t height, int64_t width) {
+  check_rois(op, rois);
+  check_same_device(op, "grad", grad, "rois", rois);
+  check_output_size(op, pooled_height, pooled_width);
+  TORCH_CHECK(batch_size >= 0 && channels >= 0 && height >= 0 && width >= 0, op,
+              ": the input's size must not be negative, got (", batch_size, ", ", channels, ", ", height, ", ", width, ")");
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
+                  grad.size(2) == pooled_height && grad.size(3) == pooled_width,
+              op, ": grad must be a Tensor[K, C, ph, pw] = [", rois.size(0), ", ", channels, ", ", pooled_height, ", ",
+              pooled_width, "], got shape ", grad.sizes());
+  TORCH_CHECK(at::isFloatingType(grad.scalar_type()), op, ": grad must be floating point, got ", grad.scalar_type());
+  check_batch_indices(op, rois, batch_size);
+}
+
 }  // namespace minimtl

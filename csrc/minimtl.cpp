@@ -17,6 +17,17 @@ TORCH_LIBRARY(minimtl, m) {
   // Greedy non-maximum suppression: indices (int64) of the kept boxes, by decreasing score.
   m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
   m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
+
+  // RoIAlign: rois are Tensor[K, 5] of (batch_index, x1, y1, x2, y2); -> Tensor[K, C, ph, pw].
+  // The backward is an operator of its own (wired up in minimtl/ops/roi_align.py); it returns
+  // grad_input (N, C, H, W), in whichever memory layout the kernel accumulates it in.
+  m.def(
+      "roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width, "
+      "int sampling_ratio, bool aligned) -> Tensor");
+  m.def(
+      "_roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, SymInt pooled_height, "
+      "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width, "
+      "int sampling_ratio, bool aligned) -> Tensor");
 }
 
 // Build facts that `import minimtl` checks, so that a stale or mismatched build is reported with

@@ -27,13 +27,18 @@ def check_op(op_fn, reference_fn, *inputs, atol=0.0, rtol=0.0, grad=False):
     torch.testing.assert_close(out, expected, atol=atol, rtol=rtol, equal_nan=False)
     if grad:
         upstream = torch.randn_like(out)
-        grads = torch.autograd.grad(out, [x for x in inputs if x.requires_grad], upstream, allow_unused=True)
-        ref_grads = torch.autograd.grad(
-            expected, [x for x in ref_inputs if x.requires_grad], upstream, allow_unused=True
-        )
-        for g, r in zip(grads, ref_grads, strict=True):
+        for g, r in zip(_gradients(out, inputs, upstream), _gradients(expected, ref_inputs, upstream), strict=True):
             torch.testing.assert_close(g, r, atol=max(atol, 1e-6), rtol=max(rtol, 1e-5))
     return out
+
+
+def _gradients(output, inputs, upstream):
+    """d(output . upstream) / d(input) for every input that requires grad; zeros where none flows."""
+    wrt = [x for x in inputs if x.requires_grad]
+    if not output.requires_grad:  # e.g. an empty output, built without touching the inputs
+        return [torch.zeros_like(x) for x in wrt]
+    grads = torch.autograd.grad(output, wrt, upstream, allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, wrt, strict=True)]
 
 
 def run_python(code: str, timeout: float = 120.0) -> subprocess.CompletedProcess:

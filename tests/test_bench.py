@@ -18,7 +18,8 @@ def test_bench_ops_quick(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     rows = json.loads(out.read_text())
-    assert {r["op"] for r in rows} == {"box_iou", "generalized_box_iou", "nms", "batched_nms"}
+    ops = {"box_iou", "generalized_box_iou", "nms", "batched_nms", "roi_align fwd", "roi_align fwd+bwd"}
+    assert {r["op"] for r in rows} == ops
     for row in rows:
         assert row["minimtl_ms"] > 0 and row["reference_ms"] > 0
         assert row["op"] in result.stdout

@@ -75,3 +75,48 @@ def check_nms_inputs(op: str, boxes: Tensor, scores: Tensor, idxs: Tensor | None
         check_idxs(op, idxs, boxes.shape[0])
         check_same_device(op, "boxes", boxes, "idxs", idxs)
     check_threshold(op, iou_threshold)
+
+
+def check_rois(op: str, rois: Tensor) -> None:
+    torch._check(
+        rois.dim() == 2 and rois.shape[1] == 5,
+        lambda: f"{op}: rois must be a Tensor[K, 5] of (batch_index, x1, y1, x2, y2), got shape {tuple(rois.shape)}",
+    )
+    torch._check(rois.dtype.is_floating_point, lambda: f"{op}: rois must be floating point, got {rois.dtype}")
+
+
+def check_output_size(op: str, pooled_height, pooled_width) -> None:
+    torch._check(
+        pooled_height > 0 and pooled_width > 0,
+        lambda: f"{op}: output_size must be positive, got ({pooled_height}, {pooled_width})",
+    )
+
+
+def check_roi_align_inputs(op: str, input: Tensor, rois: Tensor, pooled_height, pooled_width) -> None:
+    # The batch indices (rois[:, 0]) are data: only the real kernels can check them.
+    torch._check(input.dim() == 4, lambda: f"{op}: input must be a Tensor[N, C, H, W], got shape {tuple(input.shape)}")
+    torch._check(
+        input.dtype.is_floating_point,
+        lambda: f"{op}: input must be floating point (float16, bfloat16, float32 or float64), got {input.dtype}",
+    )
+    check_rois(op, rois)
+    check_same_device(op, "input", input, "rois", rois)
+    check_output_size(op, pooled_height, pooled_width)
+
+
+def check_roi_align_backward_inputs(
+    op: str, grad: Tensor, rois: Tensor, pooled_height, pooled_width, batch_size, channels, height, width
+) -> None:
+    check_rois(op, rois)
+    check_same_device(op, "grad", grad, "rois", rois)
+    check_output_size(op, pooled_height, pooled_width)
+    torch._check(
+        batch_size >= 0 and channels >= 0 and height >= 0 and width >= 0,
+        lambda: f"{op}: the input's size must not be negative, got ({batch_size}, {channels}, {height}, {width})",
+    )
+    expected = (rois.shape[0], channels, pooled_height, pooled_width)
+    torch._check(
+        grad.dim() == 4 and tuple(grad.shape) == expected,
+        lambda: f"{op}: grad must be a Tensor[K, C, ph, pw] = {list(expected)}, got shape {tuple(grad.shape)}",
+    )
+    torch._check(grad.dtype.is_floating_point, lambda: f"{op}: grad must be floating point, got {grad.dtype}")

@@ -1,0 +1,173 @@
+// RoIAlign on the GPU: forward and backward, one thread per output element.
+//
+// Reference: minimtl/ops/reference.py (roi_align); CPU twin: csrc/cpu/roi_align.cpp; the geometry
+// is csrc/roi_align_math.h, shared with the CPU kernel.
+//
+// Forward: thread (k, c, p, q) computes out[k, c, p, q]: the mean over the samples of bin (p, q)
+// of RoI k of the bilinear interpolation of channel c. Threads are numbered with q fastest, so a
+// warp writes consecutive outputs and its threads read neighbouring pixels of one channel.
+// Backward: thread (k, c, p, q) hands grad[k, c, p, q] / count back to the same taps with
+// atomicAdd: RoIs overlap, so several threads may add to one pixel. The order of those additions
+// varies from run to run, so the float sum can differ in its last bits; under
+// torch.use_deterministic_algorithms(True) the backward says so instead of running.
+// float16 and bfloat16 are computed in float32, and their gradient is accumulated in float32.
+
+#include <ATen/Context.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "../checks.h"
+#include "../roi_align_math.h"
+
+namespace minimtl {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxBlocks = 65535 * 8;  // the rest is a grid-stride loop
+
+int64_t num_blocks(int64_t n) { return std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxBlocks); }
+
+// Which output element a thread owns: index -> (k, c, p, q), q fastest.
+struct OutputIndex {
+  int64_t k, c, p, q;
+};
+
+__device__ __forceinline__ OutputIndex unravel(int64_t index, int64_t channels, int64_t ph, int64_t pw) {
+  OutputIndex o;
+  o.q = index % pw;
+  o.p = (index / pw) % ph;
+  o.c = (index / pw / ph) % channels;
+  o.k = index / pw / ph / channels;
+  return o;
+}
+
+template <typename scalar_t, typename T>
+__global__ void roi_align_forward_kernel(const scalar_t* __restrict__ input, const T* __restrict__ rois, int64_t total,
+                                         int64_t channels, int64_t height, int64_t width, int64_t ph, int64_t pw,
+                                         T spatial_scale, int64_t sampling_ratio, bool aligned,
+                                         scalar_t* __restrict__ out) {
+  for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < total;
+       index += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const OutputIndex o = unravel(index, channels, ph, pw);
+    const T* roi = rois + 5 * o.k;
+    const RoIGeometry<T> g = roi_geometry(roi[1], roi[2], roi[3], roi[4], spatial_scale, ph, pw, sampling_ratio, aligned);
+    const scalar_t* map = input + (static_cast<int64_t>(roi[0]) * channels + o.c) * height * width;  // (H, W)
+
+    int64_t y_first, y_last, x_first, x_last;
+    sample_range(g.start_y, g.bin_h, o.p, g.grid_h, height, &y_first, &y_last);
+    sample_range(g.start_x, g.bin_w, o.q, g.grid_w, width, &x_first, &x_last);
+    T acc = 0;
+    for (int64_t iy = y_first; iy < y_last; ++iy) {
+      Neighbours<T> ty;
+      if (!neighbours(sample_coord(g.start_y, g.bin_h, o.p, iy, g.grid_h), height, &ty)) continue;
+      for (int64_t ix = x_first; ix < x_last; ++ix) {
+        Neighbours<T> tx;
+        if (!neighbours(sample_coord(g.start_x, g.bin_w, o.q, ix, g.grid_w), width, &tx)) continue;
+        const T w1 = ty.w_low * tx.w_low, w2 = ty.w_low * tx.w_high;
+        const T w3 = ty.w_high * tx.w_low, w4 = ty.w_high * tx.w_high;
+        acc += w1 * static_cast<T>(map[ty.low * width + tx.low]) + w2 * static_cast<T>(map[ty.low * width + tx.high]) +
+               w3 * static_cast<T>(map[ty.high * width + tx.low]) + w4 * static_cast<T>(map[ty.high * width + tx.high]);
+      }
+    }
+    out[index] = static_cast<scalar_t>(acc / g.count);
+  }
+}
+
+template <typename scalar_t, typename T>
+__global__ void roi_align_backward_kernel(const scalar_t* __restrict__ grad, const T* __restrict__ rois, int64_t total,
+                                          int64_t channels, int64_t height, int64_t width, int64_t ph, int64_t pw,
+                                          T spatial_scale, int64_t sampling_ratio, bool aligned,
+                                          T* __restrict__ grad_input) {
+  for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < total;
+       index += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const OutputIndex o = unravel(index, channels, ph, pw);
+    const T* roi = rois + 5 * o.k;
+    const RoIGeometry<T> g = roi_geometry(roi[1], roi[2], roi[3], roi[4], spatial_scale, ph, pw, sampling_ratio, aligned);
+    T* map = grad_input + (static_cast<int64_t>(roi[0]) * channels + o.c) * height * width;  // (H, W)
+    const T share = static_cast<T>(grad[index]) / g.count;  // what each sample received
+
+    int64_t y_first, y_last, x_first, x_last;
+    sample_range(g.start_y, g.bin_h, o.p, g.grid_h, height, &y_first, &y_last);
+    sample_range(g.start_x, g.bin_w, o.q, g.grid_w, width, &x_first, &x_last);
+    for (int64_t iy = y_first; iy < y_last; ++iy) {
+      Neighbours<T> ty;
+      if (!neighbours(sample_coord(g.start_y, g.bin_h, o.p, iy, g.grid_h), height, &ty)) continue;
+      for (int64_t ix = x_first; ix < x_last; ++ix) {
+        Neighbours<T> tx;
+        if (!neighbours(sample_coord(g.start_x, g.bin_w, o.q, ix, g.grid_w), width, &tx)) continue;
+        atomicAdd(map + ty.low * width + tx.low, ty.w_low * tx.w_low * share);
+        atomicAdd(map + ty.low * width + tx.high, ty.w_low * tx.w_high * share);
+        atomicAdd(map + ty.high * width + tx.low, ty.w_high * tx.w_low * share);
+        atomicAdd(map + ty.high * width + tx.high, ty.w_high * tx.w_high * share);
+      }
+    }
+  }
+}
+
+at::Tensor roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
+                                  int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio, bool aligned) {
+  check_roi_align_inputs("roi_align", input, rois, pooled_height, pooled_width);
+  c10::cuda::CUDAGuard guard(input.device());
+  const int64_t num_rois = rois.size(0), channels = input.size(1), height = input.size(2), width = input.size(3);
+  at::Tensor out = at::empty({num_rois, channels, pooled_height, pooled_width}, input.options());  // (K, C, ph, pw)
+  if (out.numel() == 0) return out;
+  if (height == 0 || width == 0) return out.zero_();  // an empty map: every sample is off it
+
+  const at::Tensor map = input.contiguous();  // (N, C, H, W)
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_cuda", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const at::Tensor rois_t = rois.to(c10::CppTypeToScalarType<T>::value).contiguous();
+    roi_align_forward_kernel<scalar_t, T><<<num_blocks(out.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        map.data_ptr<scalar_t>(), rois_t.data_ptr<T>(), out.numel(), channels, height, width, pooled_height,
+        pooled_width, static_cast<T>(spatial_scale), sampling_ratio, aligned, out.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+// Returns grad_input as a contiguous (N, C, H, W) tensor.
+at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
+                                   int64_t pooled_height, int64_t pooled_width, int64_t batch_size, int64_t channels,
+                                   int64_t height, int64_t width, int64_t sampling_ratio, bool aligned) {
+  check_roi_align_backward_inputs("_roi_align_backward", grad, rois, pooled_height, pooled_width, batch_size, channels,
+                                  height, width);
+  c10::cuda::CUDAGuard guard(grad.device());
+  at::globalContext().alertNotDeterministic("minimtl roi_align backward (CUDA, atomicAdd)");
+  if (grad.numel() == 0 || height == 0 || width == 0) {
+    return at::zeros({batch_size, channels, height, width}, grad.options());
+  }
+
+  at::Tensor grad_input;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cuda", [&] {
+    using T = at::opmath_type<scalar_t>;
+    // Accumulate in T (float32 for float16/bfloat16 gradients), convert at the end.
+    at::Tensor acc = at::zeros({batch_size, channels, height, width}, grad.options().dtype(c10::CppTypeToScalarType<T>::value));
+    const at::Tensor rois_t = rois.to(c10::CppTypeToScalarType<T>::value).contiguous();
+    const at::Tensor grad_c = grad.contiguous();
+    roi_align_backward_kernel<scalar_t, T>
+        <<<num_blocks(grad_c.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            grad_c.data_ptr<scalar_t>(), rois_t.data_ptr<T>(), grad_c.numel(), channels, height, width, pooled_height,
+            pooled_width, static_cast<T>(spatial_scale), sampling_ratio, aligned, acc.data_ptr<T>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    grad_input = acc.to(grad.scalar_type());
+  });
+  return grad_input;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(minimtl, CUDA, m) {
+  m.impl("roi_align", &roi_align_forward_cuda);
+  m.impl("_roi_align_backward", &roi_align_backward_cuda);
+}
+
+}  // namespace minimtl
