@@ -3,7 +3,8 @@
 # pytest and hypothesis preinstalled, no network). It
 #   1. builds minimtl._C with the CUDA kernels, in place, against the torch that is there;
 #   2. runs the kernel tests (the CUDA cases included: CUDA against CPU and the reference);
-#   3. runs the op benchmark on the GPU against torchvision's CUDA ops;
+#   3. runs the op benchmark on the GPU against torchvision's CUDA ops (IoU, NMS, RoIAlign forward
+#      and forward + backward);
 # and prints a short table at the end. Logs and JSON go to $OUT (or ./gpu_check_out).
 # Record each run in docs/gpu-results.md. Budget: under 10 minutes.
 set -uo pipefail
@@ -27,7 +28,7 @@ fi
 t_build=$(( $(date +%s) - t0 ))
 
 echo "== kernel tests"
-"$PY" -m pytest tests/test_box_iou.py tests/test_nms.py tests/test_build.py -q -p no:cacheprovider \
+"$PY" -m pytest tests/test_box_iou.py tests/test_nms.py tests/test_roi_align.py tests/test_build.py -q -p no:cacheprovider \
   --junitxml="$OUT/tests.xml" >"$OUT/tests.log" 2>&1 || status=1
 tail -15 "$OUT/tests.log"
 t_tests=$(( $(date +%s) - t0 - t_build ))

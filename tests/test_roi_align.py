@@ -356,7 +356,8 @@ def test_mixed_devices_clear_error():
 
 def test_bad_boxes_never_crash():
     # NaN/inf boxes, boxes far off the map, zero-size and inverted boxes, an infinite box with
-    # adaptive sampling (which must not hang), C = 0, K = 0: in a subprocess, on every device.
+    # adaptive sampling (which must not hang), C = 0, invalid batch indices: in a subprocess, on
+    # every device.
     result = run_python(
         """
         import math, torch
@@ -382,6 +383,14 @@ def test_bad_boxes_never_crash():
             nan_rows = rois[:, 1:].isnan().any(dim=1)
             assert (ops.roi_align(x, rois[nan_rows], 7, 1 / 8, -1, True) == 0).all()
             assert ops.roi_align(x[:, :0], rois, 7, 1 / 8).shape == (3000, 0, 7, 7)
+            for index in (-1.0, 2.0, 0.5, math.nan, math.inf, 1e30):  # an error, never a read outside
+                bad = rois.clone()
+                bad[1234, 0] = index
+                try:
+                    ops.roi_align(x, bad, 7, 1 / 8)
+                    raise AssertionError(f"batch index {index} was accepted")
+                except RuntimeError as error:
+                    assert "row 1234" in str(error), error
         print("ok")
         """,
         timeout=300,
