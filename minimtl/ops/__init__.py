@@ -10,7 +10,7 @@ kernel for torch.compile, and a pure-PyTorch version in minimtl.ops.reference.
 
 from minimtl import _extension  # noqa: F401  (loads the kernels: must come first)
 from minimtl.ops import reference
-from minimtl.ops.boxes import box_iou, generalized_box_iou
+from minimtl.ops.boxes import box_iou, clip_boxes_to_image, generalized_box_iou, remove_small_boxes
 from minimtl.ops.nms import batched_nms, nms
 from minimtl.ops.roi_align import RoIAlign, roi_align
 from minimtl.ops.rois import boxes_to_rois
@@ -23,5 +23,7 @@ __all__ = [
     "roi_align",
     "RoIAlign",
     "boxes_to_rois",
+    "clip_boxes_to_image",
+    "remove_small_boxes",
     "reference",
 ]

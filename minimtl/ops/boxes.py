@@ -85,3 +85,20 @@ def _register(op: str, reference_fn) -> None:
 
 _register("box_iou", reference.box_iou)
 _register("generalized_box_iou", reference.generalized_box_iou)
+
+
+# --- small helpers used by the detectors (pure PyTorch: nothing here is worth a kernel) ------
+
+
+def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """Clamp boxes (..., 4) to an image of size (height, width): x into [0, width], y into [0, height]."""
+    height, width = size
+    x = boxes[..., 0::2].clamp(min=0, max=width)  # (..., 2): x1, x2
+    y = boxes[..., 1::2].clamp(min=0, max=height)  # (..., 2): y1, y2
+    return torch.stack((x, y), dim=boxes.dim()).reshape(boxes.shape)
+
+
+def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
+    """Indices of the boxes (N, 4) whose width and height are both >= min_size. (K,) int64"""
+    widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    return torch.where((widths >= min_size) & (heights >= min_size))[0]
