@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def test_bench_ops_quick(tmp_path):
     out = tmp_path / "rows.json"
@@ -36,3 +38,14 @@ def test_bench_cuda_without_gpu_is_a_clear_refusal():
         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
     )
     assert result.returncode == 2 and "no CUDA GPU is available" in result.stdout
+
+
+def test_bench_train_runs():
+    pytest.importorskip("torchvision")
+    result = subprocess.run(
+        [sys.executable, "-m", "minimtl.bench", "train", "--runs", "1"], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
+    assert {"training", "inference"} <= set(lines)
+    assert float(lines["training"][-1]) > 0 and float(lines["inference"][-1]) > 0  # the ratios

@@ -1,2 +1,5 @@
-"""Benchmarks: `python -m minimtl.bench ops` times each kernel against its reference and, when it is
-installed, torchvision's op, side by side in one run, and prints the ratios."""
+"""Benchmarks, each printing ratios measured side by side in one run:
+
+python -m minimtl.bench ops     each kernel against its reference and torchvision's op
+python -m minimtl.bench train   a Mask R-CNN training step against torchvision's
+"""

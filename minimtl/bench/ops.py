@@ -70,10 +70,18 @@ def box_cases(device: str, quick: bool, g: torch.Generator) -> list[Case]:
     n = m = 64 if quick else 2000
     a, b = random_boxes(n, generator=g, device=device), random_boxes(m, generator=g, device=device)
     return [
-        Case(name, f"{n}x{m}", (a, b), getattr(ops, name), getattr(reference, name),
-             getattr(tv_ops, name, None), _close, run_reference=n * m <= REFERENCE_MAX_PAIRS)
+        Case(
+            name,
+            f"{n}x{m}",
+            (a, b),
+            getattr(ops, name),
+            getattr(reference, name),
+            getattr(tv_ops, name, None),
+            _close,
+            run_reference=n * m <= REFERENCE_MAX_PAIRS,
+        )
         for name in ("box_iou", "generalized_box_iou")
-    ]  # fmt: skip
+    ]
 
 
 def nms_cases(device: str, quick: bool, g: torch.Generator) -> list[Case]:
@@ -83,11 +91,27 @@ def nms_cases(device: str, quick: bool, g: torch.Generator) -> list[Case]:
         classes = torch.randint(0, 10, (n,), generator=g).to(device)
         small = n * n <= REFERENCE_MAX_PAIRS
         out += [
-            Case("nms", f"{n} boxes", (boxes, scores, 0.5), ops.nms, reference.nms,
-                 getattr(tv_ops, "nms", None), _same_indices, run_reference=small),
-            Case("batched_nms", f"{n} boxes, 10 classes", (boxes, scores, classes, 0.5), ops.batched_nms,
-                 reference.batched_nms, getattr(tv_ops, "batched_nms", None), _same_indices, run_reference=small),
-        ]  # fmt: skip
+            Case(
+                "nms",
+                f"{n} boxes",
+                (boxes, scores, 0.5),
+                ops.nms,
+                reference.nms,
+                getattr(tv_ops, "nms", None),
+                _same_indices,
+                run_reference=small,
+            ),
+            Case(
+                "batched_nms",
+                f"{n} boxes, 10 classes",
+                (boxes, scores, classes, 0.5),
+                ops.batched_nms,
+                reference.batched_nms,
+                getattr(tv_ops, "batched_nms", None),
+                _same_indices,
+                run_reference=small,
+            ),
+        ]
     return out
 
 
@@ -124,9 +148,16 @@ def roi_align_cases(device: str, quick: bool, g: torch.Generator) -> list[Case]:
         grad = torch.randn(k, c, output_size, output_size, generator=g).to(device)
         out += [
             Case("roi_align fwd", size, (x, rois) + settings, ops.roi_align, reference.roi_align, tv, _close),
-            Case("roi_align fwd+bwd", size, (x, rois, grad), _forward_backward(ops.roi_align, settings),
-                 _forward_backward(reference.roi_align, settings), tv and _forward_backward(tv, settings), _close),
-        ]  # fmt: skip
+            Case(
+                "roi_align fwd+bwd",
+                size,
+                (x, rois, grad),
+                _forward_backward(ops.roi_align, settings),
+                _forward_backward(reference.roi_align, settings),
+                tv and _forward_backward(tv, settings),
+                _close,
+            ),
+        ]
     return out
 
 

@@ -1,0 +1,174 @@
+"""Region Proposal Network (Ren et al., "Faster R-CNN", NeurIPS 2015, section 3.1; FPN section 4.1).
+
+A small head slides over every pyramid level: a 3x3 conv, then per anchor one objectness logit
+("is there an object?") and four deltas that refine the anchor (box_coder.py). The best-scoring
+refined anchors become the proposals the second stage looks at:
+
+    per level, the pre_nms_top_n highest logits -> decode -> clip to the image -> drop tiny boxes
+    -> NMS at 0.7 within each level (batched_nms by level) -> the post_nms_top_n best overall.
+
+Training (section 3.1.2): anchors with IoU >= 0.7 with a ground-truth box (or the best anchor of
+each box) are positive, < 0.3 negative; 256 are sampled per image, half positive at most.
+
+    L = BCE(objectness, label) over sampled anchors
+      + smooth_l1(deltas, target deltas; beta = 1/9) over the positives / sampled count
+        (or a GIoU loss on the decoded boxes)
+
+Shapes: N images, A anchors per cell, level l of Hl x Wl cells; R = sum_l Hl*Wl*A anchors per image;
+G ground-truth boxes; proposals per image (P, 4).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from minimtl import ops
+from minimtl.losses import giou_loss
+from minimtl.modeling.anchors import AnchorGenerator
+from minimtl.modeling.box_coder import BoxCoder
+from minimtl.modeling.matcher import Matcher
+from minimtl.modeling.sampler import BalancedPositiveNegativeSampler
+
+
+class RPNHead(nn.Module):
+    """forward(features) -> (objectness (N, A, Hl, Wl), deltas (N, A*4, Hl, Wl)) per level; shared weights."""
+
+    def __init__(self, in_channels: int, num_anchors: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
+        self.objectness = nn.Conv2d(in_channels, num_anchors, 1)
+        self.deltas = nn.Conv2d(in_channels, num_anchors * 4, 1)
+        for layer in (self.conv, self.objectness, self.deltas):
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        objectness, deltas = [], []
+        for feature in features:
+            t = F.relu(self.conv(feature))
+            objectness.append(self.objectness(t))  # (N, A, Hl, Wl)
+            deltas.append(self.deltas(t))  # (N, A*4, Hl, Wl)
+        return objectness, deltas
+
+
+def flatten_anchor_outputs(x: Tensor, values_per_anchor: int) -> Tensor:
+    """(N, A*V, H, W) -> (N, H*W*A, V): cell by cell, then anchor by anchor, as the anchors are ordered."""
+    n, _, h, w = x.shape
+    x = x.view(n, -1, values_per_anchor, h, w)  # (N, A, V, H, W)
+    return x.permute(0, 3, 4, 1, 2).reshape(n, -1, values_per_anchor)  # (N, H*W*A, V)
+
+
+class RegionProposalNetwork(nn.Module):
+    def __init__(
+        self,
+        anchor_generator: AnchorGenerator,
+        head: RPNHead,
+        fg_iou_thresh: float = 0.7,
+        bg_iou_thresh: float = 0.3,
+        batch_size_per_image: int = 256,
+        positive_fraction: float = 0.5,
+        pre_nms_top_n: tuple[int, int] = (2000, 1000),  # (training, testing)
+        post_nms_top_n: tuple[int, int] = (2000, 1000),
+        nms_thresh: float = 0.7,
+        score_thresh: float = 0.0,
+        box_loss: str = "smooth_l1",
+    ):
+        super().__init__()
+        if box_loss not in ("smooth_l1", "giou"):
+            raise ValueError(f"rpn: box_loss must be 'smooth_l1' or 'giou', got {box_loss!r}")
+        self.anchor_generator = anchor_generator
+        self.head = head
+        self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
+        self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True)
+        self.sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
+        self.pre_nms_top_n, self.post_nms_top_n = pre_nms_top_n, post_nms_top_n
+        self.nms_thresh, self.score_thresh = nms_thresh, score_thresh
+        self.min_size = 1e-3
+        self.box_loss = box_loss
+
+    def forward(
+        self,
+        batch_size: tuple[int, int],
+        image_sizes: list[tuple[int, int]],
+        features: list[Tensor],
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """batch_size: the padded batch's (H, W); image_sizes: each image's own (h, w) inside it.
+
+        Returns the proposals of each image, (P_i, 4), and the losses (training only).
+        """
+        objectness, deltas = self.head(features)
+        shapes = [tuple(o.shape[-2:]) for o in objectness]
+        anchors = torch.cat(self.anchor_generator(batch_size, shapes, features[0].dtype, features[0].device))  # (R, 4)
+        anchors_per_level = [o.shape[1] * o.shape[2] * o.shape[3] for o in objectness]
+        objectness = torch.cat([flatten_anchor_outputs(o, 1) for o in objectness], dim=1)[..., 0]  # (N, R)
+        deltas = torch.cat([flatten_anchor_outputs(d, 4) for d in deltas], dim=1)  # (N, R, 4)
+        num_images = objectness.shape[0]
+
+        proposals = self.box_coder.decode(deltas.detach().reshape(-1, 4), anchors.repeat(num_images, 1))
+        proposals = proposals.view(num_images, -1, 4)  # (N, R, 4)
+        boxes = self.filter_proposals(proposals, objectness.detach(), image_sizes, anchors_per_level)
+
+        losses = {}
+        if self.training:
+            if targets is None:
+                raise ValueError("rpn: targets are needed in training mode")
+            losses = self.losses(anchors, objectness, deltas, targets)
+        return boxes, losses
+
+    def filter_proposals(self, proposals, objectness, image_sizes, anchors_per_level) -> list[Tensor]:
+        """The proposals of each image: top-k per level, clip, remove small, NMS per level, top-k."""
+        pre_nms_top_n = self.pre_nms_top_n[0 if self.training else 1]
+        post_nms_top_n = self.post_nms_top_n[0 if self.training else 1]
+        device = proposals.device
+        levels = torch.cat(
+            [torch.full((n,), i, dtype=torch.int64, device=device) for i, n in enumerate(anchors_per_level)]
+        )
+        top, offset = [], 0
+        for logits in objectness.split(anchors_per_level, dim=1):  # (N, R_l)
+            top.append(logits.topk(min(pre_nms_top_n, logits.shape[1]), dim=1).indices + offset)
+            offset += logits.shape[1]
+        top = torch.cat(top, dim=1)  # (N, T)
+        rows = torch.arange(proposals.shape[0], device=device)[:, None]
+        scores = torch.sigmoid(objectness[rows, top])  # (N, T)
+        proposals, levels = proposals[rows, top], levels[top]  # (N, T, 4), (N, T)
+
+        out = []
+        for boxes, score, level, size in zip(proposals, scores, levels, image_sizes, strict=True):
+            boxes = ops.clip_boxes_to_image(boxes, size)
+            keep = ops.remove_small_boxes(boxes, self.min_size)
+            boxes, score, level = boxes[keep], score[keep], level[keep]
+            keep = torch.where(score >= self.score_thresh)[0]
+            boxes, score, level = boxes[keep], score[keep], level[keep]
+            keep = ops.batched_nms(boxes, score, level, self.nms_thresh)[:post_nms_top_n]
+            out.append(boxes[keep])  # (P, 4)
+        return out
+
+    def losses(self, anchors: Tensor, objectness: Tensor, deltas: Tensor, targets) -> dict[str, Tensor]:
+        sampled_pos, sampled_neg, labels, target_boxes = [], [], [], []
+        for target in targets:
+            gt_boxes = target["boxes"]  # (G, 4)
+            matches = self.matcher(ops.box_iou(gt_boxes, anchors))  # (R,)
+            label = (matches >= 0).to(objectness.dtype)  # 1 foreground
+            label[matches == Matcher.BETWEEN_THRESHOLDS] = -1.0  # ignored
+            pos, neg = self.sampler(label)
+            sampled_pos.append(pos)
+            sampled_neg.append(neg)
+            labels.append(label)
+            matched = gt_boxes[matches.clamp(min=0)] if len(gt_boxes) else torch.zeros_like(anchors)
+            target_boxes.append(matched)  # (R, 4)
+        pos = torch.where(torch.cat(sampled_pos))[0]  # over N * R
+        sampled = torch.cat([pos, torch.where(torch.cat(sampled_neg))[0]])
+        labels = torch.cat(labels)
+        all_anchors = anchors.repeat(len(targets), 1)  # (N * R, 4)
+        target_boxes = torch.cat(target_boxes)
+        deltas = deltas.reshape(-1, 4)
+        if self.box_loss == "giou":
+            predicted = self.box_coder.decode(deltas[pos], all_anchors[pos])
+            box_loss = giou_loss(predicted, target_boxes[pos], reduction="sum")
+        else:
+            target_deltas = self.box_coder.encode(target_boxes[pos], all_anchors[pos])
+            box_loss = F.smooth_l1_loss(deltas[pos], target_deltas, beta=1 / 9, reduction="sum")
+        box_loss = box_loss / max(sampled.numel(), 1)
+        objectness_loss = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], labels[sampled])
+        return {"loss_objectness": objectness_loss, "loss_rpn_box_reg": box_loss}

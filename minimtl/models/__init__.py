@@ -1,0 +1,45 @@
+"""Detection models: Faster R-CNN and Mask R-CNN with ResNet-FPN backbones.
+
+    model = minimtl.models.maskrcnn_resnet50_fpn(num_classes=91)
+    model = minimtl.models.maskrcnn_resnet18_fpn(num_classes=4, min_size=256, max_size=256)
+
+Every keyword is a field of RCNNConfig (min_size and max_size as in torchvision).
+"""
+
+from minimtl.models.convert import convert_torchvision_state_dict
+from minimtl.models.rcnn import RCNN, RCNNConfig
+
+
+def build(num_classes: int, backbone: str, masks: bool, **config) -> RCNN:
+    unknown = set(config) - RCNNConfig.field_names()
+    if unknown:
+        raise TypeError(f"unknown settings {sorted(unknown)}; RCNNConfig has {sorted(RCNNConfig.field_names())}")
+    return RCNN(RCNNConfig(num_classes=num_classes, backbone=backbone, masks=masks, **config))
+
+
+def maskrcnn_resnet50_fpn(num_classes: int, **config) -> RCNN:
+    return build(num_classes, "resnet50", True, **config)
+
+
+def maskrcnn_resnet18_fpn(num_classes: int, **config) -> RCNN:
+    return build(num_classes, "resnet18", True, **config)
+
+
+def fasterrcnn_resnet50_fpn(num_classes: int, **config) -> RCNN:
+    return build(num_classes, "resnet50", False, **config)
+
+
+def fasterrcnn_resnet18_fpn(num_classes: int, **config) -> RCNN:
+    return build(num_classes, "resnet18", False, **config)
+
+
+__all__ = [
+    "RCNN",
+    "RCNNConfig",
+    "build",
+    "convert_torchvision_state_dict",
+    "fasterrcnn_resnet18_fpn",
+    "fasterrcnn_resnet50_fpn",
+    "maskrcnn_resnet18_fpn",
+    "maskrcnn_resnet50_fpn",
+]
