@@ -4,7 +4,7 @@
 #   1. builds minimtl._C with the CUDA kernels, in place, against the torch that is there;
 #   2. runs the kernel tests (the CUDA cases included: CUDA against CPU and the reference);
 #   3. runs the op benchmark on the GPU against torchvision's CUDA ops (IoU, NMS, RoIAlign forward
-#      and forward + backward);
+#      and forward + backward), and a Mask R-CNN training step against torchvision's;
 # and prints a short table at the end. Logs and JSON go to $OUT (or ./gpu_check_out).
 # Record each run in docs/gpu-results.md. Budget: under 10 minutes.
 set -uo pipefail
@@ -35,6 +35,7 @@ t_tests=$(( $(date +%s) - t0 - t_build ))
 
 echo "== benchmark (GPU)"
 "$PY" -m minimtl.bench ops --device cuda --json "$OUT/bench_cuda.json" >"$OUT/bench.log" 2>&1 || status=1
+"$PY" -m minimtl.bench train --device cuda >"$OUT/bench_train.log" 2>&1 || status=1
 t_bench=$(( $(date +%s) - t0 - t_build - t_tests ))
 
 echo
@@ -42,4 +43,5 @@ echo "== summary: $(head -1 "$OUT/gpu.txt")"
 echo "build ${t_build}s, tests ${t_tests}s, benchmark ${t_bench}s"
 grep -E "passed|failed|error" "$OUT/tests.log" | tail -1
 cat "$OUT/bench.log"
+cat "$OUT/bench_train.log"
 exit $status
