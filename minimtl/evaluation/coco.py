@@ -46,6 +46,14 @@ def evaluate(predictions: list[dict], targets: list[dict], iou_type: str = "bbox
     Returns {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"};
     a number that has nothing to average (e.g. APs without small objects) is -1, as in pycocotools.
     """
+    precision, recall, _ = evaluate_curves(predictions, targets, iou_type)
+    return _summarize(precision, recall)
+
+
+def evaluate_curves(predictions: list[dict], targets: list[dict], iou_type: str = "bbox"):
+    """The arrays behind `evaluate`: precision (T, R, K, A, M) at the 101 recall levels, recall
+    (T, K, A, M), and the K category labels; T IoU thresholds, A area ranges (all, small, medium,
+    large), M detection limits (1, 10, 100). -1 marks a category without objects."""
     if iou_type not in ("bbox", "segm"):
         raise ValueError(f"evaluate: iou_type must be 'bbox' or 'segm', got {iou_type!r}")
     if len(predictions) != len(targets):
@@ -55,7 +63,7 @@ def evaluate(predictions: list[dict], targets: list[dict], iou_type: str = "bbox
     # evaluated[c][a][i]: the matching of category c, area range a, image i (None: nothing to match)
     evaluated = [[[_match_image(img, c, rng) for img in images] for rng in AREA_RANGES.values()] for c in categories]
     precision, recall = _accumulate(evaluated, len(categories))
-    return _summarize(precision, recall)
+    return precision, recall, categories
 
 
 def _numpy(x, dtype=None):

@@ -1,0 +1,95 @@
+"""Pictures of what a model does, saved as PNG with matplotlib: detections drawn on images, loss
+curves from a metrics log, precision-recall curves from an evaluation."""
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: works without a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from minimtl.evaluation import RECALL_THRESHOLDS, evaluate_curves  # noqa: E402
+
+COLOURS = plt.get_cmap("tab10").colors
+
+
+def draw_detections(ax, image, detections: dict, classes=None, score_threshold: float = 0.5):
+    """Draw an image (3, H, W) in [0, 1] and its detections (boxes, labels, scores, optional masks)."""
+    ax.imshow(image.permute(1, 2, 0).clamp(0, 1).cpu().numpy())
+    keep = (
+        detections["scores"] >= score_threshold
+        if "scores" in detections
+        else torch.ones(len(detections["boxes"]), dtype=torch.bool)
+    )
+    for k in torch.where(keep)[0].tolist():
+        label = int(detections["labels"][k])
+        colour = COLOURS[label % len(COLOURS)]
+        x1, y1, x2, y2 = detections["boxes"][k].tolist()
+        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=colour, lw=1.5))
+        if "masks" in detections:
+            mask = detections["masks"][k]
+            mask = (mask[0] if mask.dim() == 3 else mask).float().cpu().numpy() > 0.5
+            overlay = np.zeros(mask.shape + (4,))
+            overlay[mask] = (*colour, 0.45)
+            ax.imshow(overlay)
+        name = classes[label] if classes is not None else str(label)
+        text = f"{name} {float(detections['scores'][k]):.2f}" if "scores" in detections else name
+        ax.text(x1, y1, text, color="white", fontsize=7, va="bottom", bbox={"facecolor": colour, "pad": 1, "lw": 0})
+    ax.set_axis_off()
+
+
+def save_detections(images, detections, path, classes=None, score_threshold=0.5, columns=4, titles=None):
+    """A grid of images with their detections, saved to `path`."""
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i < len(images):
+            draw_detections(ax, images[i], detections[i], classes, score_threshold)
+            if titles:
+                ax.set_title(titles[i], fontsize=8)
+        else:
+            ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def read_metrics(source) -> list[dict]:
+    """A metrics.jsonl file (or a list of its lines, as dicts)."""
+    if isinstance(source, (str, Path)):
+        return [json.loads(line) for line in Path(source).read_text().splitlines() if line.strip()]
+    return list(source)
+
+
+def save_loss_curves(metrics, path) -> None:
+    """Every loss term (and the total) against the step, log scale."""
+    lines = read_metrics(metrics)
+    steps = [line["step"] for line in lines]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in [k for k in lines[0] if k.startswith("loss")]:
+        ax.plot(steps, [line[key] for line in lines], label=key, lw=2 if key == "loss" else 1)
+    ax.set(xlabel="step", ylabel="loss", yscale="log", title="training losses")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save_precision_recall(predictions, targets, path, iou_type="bbox", classes=None, iou_threshold=0.5) -> None:
+    """The precision-recall curve of each category at one IoU threshold (all areas, 100 detections)."""
+    precision, _, categories = evaluate_curves(predictions, targets, iou_type)
+    t = int(np.argmin(np.abs(np.linspace(0.5, 0.95, 10) - iou_threshold)))
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for k, label in enumerate(categories):
+        p = precision[t, :, k, 0, -1]
+        if (p > -1).any():
+            name = classes[label] if classes is not None else str(label)
+            ax.plot(RECALL_THRESHOLDS, p, label=f"{name} (AP{int(iou_threshold * 100)} {p.mean():.3f})")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=f"{iou_type}, IoU {iou_threshold}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,66 @@
+"""The command line: the demo (the main job, in its --fast smoke form), then eval and predict on
+its checkpoint, and train from a JSON config."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, timeout=900):
+    result = subprocess.run([sys.executable, "-m", "minimtl", *args], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    stdout = run("demo", "--fast", "--out", str(out), "--device", "cpu")
+    return out, stdout
+
+
+def test_demo_writes_a_report(demo_dir):
+    out, stdout = demo_dir
+    assert "held-out images" in stdout and "box " in stdout and "mask " in stdout
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["test"]) == {"box", "mask"} and set(report["test"]["box"]) >= {"AP", "AP50", "AR100"}
+    assert report["test_images"] == 8 and report["train_seconds"] > 0
+    for name in ("last.pt", "metrics.jsonl", "loss_curves.png", "predictions.png", "pr_box.png", "pr_mask.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 4  # every 5 of 20 steps
+
+
+def test_eval_and_predict_from_the_checkpoint(demo_dir, tmp_path):
+    out, _ = demo_dir
+    stdout = run("eval", "--checkpoint", str(out / "last.pt"), "--num-images", "4", "--out", str(tmp_path),
+                 "--device", "cpu")  # fmt: skip
+    assert "box " in stdout and json.loads((tmp_path / "eval.json").read_text())["box"]["AP"] >= 0
+    from PIL import Image
+
+    from minimtl.data import ShapesDataset
+
+    image = ShapesDataset(1, 128, seed=5)[0][0]
+    Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype("uint8")).save(tmp_path / "shape.png")
+    stdout = run("predict", "--checkpoint", str(out / "last.pt"), "--images", str(tmp_path / "shape.png"),
+                 "--out", str(tmp_path / "pred"), "--score-threshold", "0.0", "--device", "cpu")  # fmt: skip
+    assert "detections ->" in stdout and (tmp_path / "pred" / "shape_detections.png").exists()
+
+
+def test_train_from_a_config_file(tmp_path):
+    config = {"model": {"backbone": "resnet18", "masks": False, "min_size": 64, "max_size": 64, "backbone_width": 8,
+                        "fpn_channels": 16, "representation_size": 32},
+              "train": {"steps": 4, "batch_size": 2, "log_every": 2, "progress": False},
+              "data": {"num_test_images": 2, "image_size": 64}}  # fmt: skip
+    (tmp_path / "cfg.json").write_text(json.dumps(config))
+    stdout = run("train", "--config", str(tmp_path / "cfg.json"), "--steps", "2", "--out", str(tmp_path / "run"),
+                 "--device", "cpu")  # fmt: skip
+    assert "box " in stdout and "mask" not in stdout  # Faster R-CNN: boxes only
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1  # --steps overrode the file
+
+
+def test_bad_model_setting_is_refused():
+    result = subprocess.run([sys.executable, "-m", "minimtl", "train", "--set", "min_sise=3"], capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert result.returncode != 0 and "--set min_sise: not a model setting" in result.stderr
