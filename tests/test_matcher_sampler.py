@@ -34,6 +34,14 @@ def test_ties():
     assert Matcher(0.7, 0.3, allow_low_quality_matches=True)(quality).tolist() == [0, 0, BELOW]
 
 
+def test_ground_truth_overlapping_nothing_claims_nothing():
+    # GT 1 lies outside every prediction: its "best" IoU is 0, shared by all predictions. It must
+    # not turn them into low-quality positives (torchvision's matcher would make all three match).
+    quality = torch.tensor([[0.0, 0.8, 0.0], [0.0, 0.0, 0.0]])
+    assert Matcher(0.7, 0.3, allow_low_quality_matches=True)(quality).tolist() == [BELOW, 0, BELOW]
+    assert Matcher(0.7, 0.3, allow_low_quality_matches=True)(torch.zeros(2, 4)).tolist() == [BELOW] * 4
+
+
 def test_matches_torchvision():
     tv = pytest.importorskip("torchvision.models.detection._utils")
     g = torch.Generator().manual_seed(0)

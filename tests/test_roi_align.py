@@ -231,6 +231,10 @@ def test_half_precision_computes_in_float32(dtype, device):
 def test_empty_inputs(device):
     x = torch.randn(2, 3, 8, 8, device=device)
     assert ops.roi_align(x, torch.zeros(0, 5, device=device), 2).shape == (0, 3, 2, 2)
+    for empty_list in ([], [torch.zeros(0, 4, device=device)]):  # no images, or an image without boxes
+        out = ops.roi_align(x.double(), empty_list, 2)
+        assert out.shape == (0, 3, 2, 2) and out.device == x.device and out.dtype == torch.float64
+        assert reference.roi_align(x.double(), empty_list, 2).shape == (0, 3, 2, 2)
     assert ops.roi_align(x[:, :0], random_rois(4, 2, 8, device=device), 2).shape == (4, 0, 2, 2)
     empty_map = torch.randn(2, 3, 0, 8, device=device)
     out = ops.roi_align(empty_map, random_rois(4, 2, 8, device=device), 2)

@@ -37,8 +37,11 @@ class Matcher:
         between = (best_quality >= self.low_threshold) & (best_quality < self.high_threshold)
         matches[between] = self.BETWEEN_THRESHOLDS
         if best_any is not None:
-            # Each ground truth's best predictions (all of them, on a tie) keep their match.
+            # Each ground truth's best predictions (all of them, on a tie) keep their match. A
+            # ground truth that overlaps nothing (best 0) claims nothing: otherwise every
+            # prediction at IoU 0 would tie for its best and turn positive (torchvision's matcher
+            # does that; a GT box outside all anchors then makes the whole image foreground).
             best_per_gt = quality.max(dim=1).values  # (G,)
-            predictions = torch.where(quality == best_per_gt[:, None])[1]
+            _, predictions = torch.where((quality == best_per_gt[:, None]) & (best_per_gt[:, None] > 0))
             matches[predictions] = best_any[predictions]
         return matches

@@ -64,7 +64,7 @@ class MultiScaleRoIAlign(nn.Module):
         # The largest image of the batch defines the scales (the padded area holds no boxes).
         largest = (max(s[0] for s in image_sizes), max(s[1] for s in image_sizes))
         scales = [infer_scale(f.shape[-2:], largest) for f in features]
-        rois = ops.boxes_to_rois([b for b in boxes])  # (K, 5)
+        rois = ops.boxes_to_rois([b for b in boxes], like=features[0])  # (K, 5)
         if len(features) == 1:
             return ops.roi_align(features[0], rois, self.output_size, scales[0], self.sampling_ratio, self.aligned)
         mapper = LevelMapper(

@@ -155,7 +155,7 @@ def roi_align(
     from minimtl.ops.rois import boxes_to_rois  # (the kernels' Python side imports this module)
 
     ph, pw = (output_size, output_size) if isinstance(output_size, int) else output_size
-    rois = boxes_to_rois(boxes, "roi_align")  # (K, 5): batch index, x1, y1, x2, y2
+    rois = boxes_to_rois(boxes, "roi_align", like=input)  # (K, 5): batch index, x1, y1, x2, y2
     n, c, h, w = input.shape
     feature = input.to(_compute_dtype(input))  # float16/bfloat16 are computed in float32
     rois = rois.to(feature.dtype)

@@ -60,14 +60,16 @@ def roi_align(
 
     * A batch index that is negative, fractional, NaN or >= N is an error naming the row.
     * A box with a NaN coordinate, or far off the map, gives 0; so does an empty map (H or W = 0).
-      With aligned=True a box of size 0 or less has no samples and gives 0.
+      With aligned=True and adaptive sampling (sampling_ratio <= 0) a box of size 0 or less has
+      no samples and gives 0; with a fixed sampling_ratio its samples still fall at (and, for a
+      negative size, around) its corner, and it gives the values read there.
     * An infinite or huge box with adaptive sampling has at most 2**30 samples per bin side, and only
       those that can land on the map are visited, so the work stays bounded by the map's size.
 
     Dtypes: float32 and float64; float16 and bfloat16 computed (and their gradients accumulated) in
     float32. The boxes may have any floating dtype; they are read in the compute dtype.
     """
-    rois = boxes_to_rois(boxes, "roi_align")
+    rois = boxes_to_rois(boxes, "roi_align", like=input)
     if not isinstance(boxes, Tensor) and len(boxes) > input.shape[0]:
         raise RuntimeError(
             f"roi_align: boxes is a list of {len(boxes)} tensors (one per image), but input has {input.shape[0]} images"

@@ -9,7 +9,9 @@ import torch
 from torch import Tensor
 
 
-def boxes_to_rois(boxes: Tensor | list[Tensor] | tuple[Tensor, ...], op: str = "boxes_to_rois") -> Tensor:
+def boxes_to_rois(
+    boxes: Tensor | list[Tensor] | tuple[Tensor, ...], op: str = "boxes_to_rois", like: Tensor | None = None
+) -> Tensor:
     """Boxes per image, list[Tensor[L_i, 4]], as RoIs, Tensor[sum L_i, 5]; a Tensor[K, 5] is returned as is.
 
     The RoIs of image i come in the order of boxes[i], images in order: (i, x1, y1, x2, y2).
@@ -25,8 +27,8 @@ def boxes_to_rois(boxes: Tensor | list[Tensor] | tuple[Tensor, ...], op: str = "
         raise TypeError(
             f"{op}: boxes must be a Tensor[K, 5] or a list of Tensor[L, 4] (one per image), got {type(boxes).__name__}"
         )
-    if len(boxes) == 0:
-        return torch.zeros((0, 5))
+    if len(boxes) == 0:  # no images, no RoIs: on `like`'s device and in its dtype when given
+        return torch.zeros((0, 5)) if like is None else like.new_zeros((0, 5))
     for i, b in enumerate(boxes):
         if b.dim() != 2 or b.shape[1] != 4:
             raise RuntimeError(
