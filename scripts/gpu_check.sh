@@ -5,6 +5,8 @@
 #   2. runs the kernel tests (the CUDA cases included: CUDA against CPU and the reference);
 #   3. runs the op benchmark on the GPU against torchvision's CUDA ops (IoU, NMS, RoIAlign forward
 #      and forward + backward), and a Mask R-CNN training step against torchvision's;
+#   4. times the main job, `python -m minimtl demo`, on the GPU (target: under 3 minutes), when
+#      the machine has its dependencies (tqdm, matplotlib);
 # and prints a short table at the end. Logs and JSON go to $OUT (or ./gpu_check_out).
 # Record each run in docs/gpu-results.md. Budget: under 10 minutes.
 set -uo pipefail
@@ -38,10 +40,19 @@ echo "== benchmark (GPU)"
 "$PY" -m minimtl.bench train --device cuda >"$OUT/bench_train.log" 2>&1 || status=1
 t_bench=$(( $(date +%s) - t0 - t_build - t_tests ))
 
+echo "== demo (GPU)"
+if "$PY" -c "import tqdm, matplotlib" 2>/dev/null; then
+  timeout 240 "$PY" -m minimtl demo --device cuda --out "$OUT/demo" >"$OUT/demo.log" 2>&1 || status=1
+  grep -A3 "trained in" "$OUT/demo.log"
+else
+  echo "skipped: tqdm or matplotlib is not installed here" | tee "$OUT/demo.log"
+fi
+
 echo
 echo "== summary: $(head -1 "$OUT/gpu.txt")"
 echo "build ${t_build}s, tests ${t_tests}s, benchmark ${t_bench}s"
 grep -E "passed|failed|error" "$OUT/tests.log" | tail -1
 cat "$OUT/bench.log"
 cat "$OUT/bench_train.log"
+grep -A3 "trained in" "$OUT/demo.log"
 exit $status
