@@ -1,4 +1,4 @@
-"""python -m minimtl demo | train | eval | predict (see minimtl/cli.py)."""
+"""python -m minimtl demo | train | eval | predict | experiment (see minimtl/cli.py)."""
 
 import sys
 

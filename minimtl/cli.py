@@ -1,10 +1,11 @@
-"""The command line: python -m minimtl demo | train | eval | predict.
+"""The command line: python -m minimtl demo | train | eval | predict | experiment.
 
     python -m minimtl demo                     train on shapes, evaluate, write a report (the main job)
     python -m minimtl train --steps 2000 --out runs/shapes
     python -m minimtl train --coco-annotations ann.json --coco-images imgs/ --out runs/mine
     python -m minimtl eval --checkpoint runs/shapes/last.pt
     python -m minimtl predict --checkpoint runs/shapes/last.pt --images a.png b.png --out predictions/
+    python -m minimtl experiment mtl           joint vs separate training -> docs/mtl_experiment.md
 
 Settings come from flags, or from a JSON file (--config) with the sections "model" (RCNNConfig
 fields), "train" (TrainConfig fields) and "data"; flags override the file.
@@ -225,6 +226,22 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_experiment(args) -> int:
+    from minimtl.experiments import mtl
+
+    seeds = args.seeds if args.seeds is not None else ([0] if args.fast else [0, 1, 2])
+    steps = args.steps if args.steps is not None else (20 if args.fast else mtl.TRAIN["steps"])
+    num_test = 8 if args.fast else args.num_test_images
+    if args.rows:
+        unknown = set(args.rows) - {name for name, _ in mtl.ROWS}
+        if unknown:
+            raise SystemExit(f"--rows: unknown {sorted(unknown)}; the rows are {[name for name, _ in mtl.ROWS]}")
+    results = mtl.run(seeds, steps, num_test, args.out_dir, rows=args.rows)
+    text = mtl.write_report(results, Path(args.report), seeds, steps, num_test)
+    print(text)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m minimtl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -273,6 +290,17 @@ def main(argv=None) -> int:
     pr.add_argument("--score-threshold", type=float, default=0.5)
     pr.add_argument("--device", default="auto")
     pr.set_defaults(run=cmd_predict)
+
+    ex = sub.add_parser("experiment", help="run an experiment and write its report (mtl: joint vs separate)")
+    ex.add_argument("name", choices=["mtl"])
+    ex.add_argument("--steps", type=int, help="training steps per run (default 1000; 20 with --fast)")
+    ex.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2 (0 with --fast)")
+    ex.add_argument("--num-test-images", type=int, default=200)
+    ex.add_argument("--rows", nargs="+", help="only these rows (by name)")
+    ex.add_argument("--out-dir", default="runs/mtl", help="one folder per run; finished runs are reused")
+    ex.add_argument("--report", default="docs/mtl_experiment.md")
+    ex.add_argument("--fast", action="store_true", help="a smoke run: 20 steps, one seed, 8 test images")
+    ex.set_defaults(run=cmd_experiment)
 
     args = parser.parse_args(argv)
     return args.run(args)

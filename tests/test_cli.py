@@ -64,3 +64,27 @@ def test_bad_model_setting_is_refused():
     result = subprocess.run([sys.executable, "-m", "minimtl", "train", "--set", "min_sise=3"], capture_output=True,
                             text=True, timeout=120)  # fmt: skip
     assert result.returncode != 0 and "--set min_sise: not a model setting" in result.stderr
+
+
+def test_experiment_writes_its_report_and_reuses_finished_runs(tmp_path):
+    args = ["experiment", "mtl", "--steps", "3", "--seeds", "0", "1", "--num-test-images", "2", "--rows",
+            "semantic only", "joint, GradNorm", "--out-dir", str(tmp_path / "runs"), "--report",
+            str(tmp_path / "mtl.md")]  # fmt: skip
+    run(*args)
+    report = (tmp_path / "mtl.md").read_text()
+    assert "| semantic only | – | – | " in report and "| joint, GradNorm | " in report
+    assert "Seeds [0, 1]" in report and "joint, GradNorm vs semantic only, mIoU" in report
+    results = sorted((tmp_path / "runs").glob("*/seed*/result.json"))
+    assert len(results) == 4
+    stamps = [p.stat().st_mtime_ns for p in results]
+    joint = json.loads((tmp_path / "runs" / "joint__gradnorm" / "seed1" / "result.json").read_text())
+    assert {"box_AP", "mask_AP", "mIoU", "weights"} <= set(joint)
+    assert set(joint["weights"]) == {"detection", "instance", "semantic"}
+    run(*args)  # finished runs are read back, not trained again
+    assert [p.stat().st_mtime_ns for p in results] == stamps
+
+
+def test_experiment_refuses_an_unknown_row(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "minimtl", "experiment", "mtl", "--rows", "everything"],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode != 0 and "--rows: unknown ['everything']" in result.stderr

@@ -14,6 +14,10 @@ random states, the step), and the data order is a function of (seed, step) alone
 metrics lines written after the checkpoint are dropped, since those steps run again. A resumed run
 therefore computes the same losses as one that was never interrupted.
 
+A model may combine its loss terms itself: if it has `total_loss(losses)` (MultiTaskRCNN), that is
+what is backpropagated, and its `loss_weights()` are logged. With `pcgrad=True` each task's
+gradient is computed apart and conflicting components projected out (minimtl.losses.pcgrad).
+
 Under torchrun the same loop runs with DistributedDataParallel: each process takes its slice of
 every global batch (batch_size images per process), and the gradients are averaged.
 """
@@ -33,6 +37,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from minimtl.data.loader import collate
+from minimtl.losses.pcgrad import pcgrad_backward
 
 
 @dataclass
@@ -58,6 +63,7 @@ class TrainConfig:
     device: str = "auto"  # auto: CUDA when present
     resume: bool = True  # continue from output_dir/last.pt if it exists
     progress: bool = True  # a tqdm progress bar
+    pcgrad: bool = False  # PCGrad gradient surgery between the tasks of a multi-task model
 
     def __post_init__(self):
         if self.optimizer not in ("sgd", "adamw"):
@@ -150,6 +156,16 @@ class Trainer:
         if config.amp and self.device.type == "cuda":
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        if config.pcgrad:
+            strategy = getattr(getattr(model, "config", None), "loss_strategy", None)
+            if not hasattr(model, "task_losses") or strategy not in ("fixed", "dwa"):
+                raise ValueError(
+                    "TrainConfig.pcgrad needs a multi-task model (MultiTaskRCNN) whose task weights are not learned "
+                    f"by backpropagation (loss_strategy 'fixed' or 'dwa'), got {type(model).__name__} with "
+                    f"loss_strategy {strategy!r}"
+                )
+            if self.ddp is not None:
+                raise ValueError("TrainConfig.pcgrad is not supported under DistributedDataParallel")
         self.step = 0
         self.output_dir = Path(config.output_dir)
         self.is_main = self.rank == 0
@@ -251,9 +267,8 @@ class Trainer:
                         f"(all terms: { {k: round(v.item(), 4) for k, v in losses.items()} }). Lower the learning "
                         "rate, check the targets, or resume from the last checkpoint."
                     )
-            total = sum(losses.values())
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
+            total = self._backward(losses)
             if config.grad_clip is not None:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
@@ -266,6 +281,8 @@ class Trainer:
                 elapsed = time.perf_counter() - tick
                 line = {"step": self.step, "loss": total.item(), **{k: v.item() for k, v in losses.items()}}
                 line["lr"] = self.optimizer.param_groups[0]["lr"]
+                if hasattr(self.model, "loss_weights"):
+                    line.update({f"weight_{task}": w for task, w in self.model.loss_weights().items()})
                 line["images_per_s"] = images_seen / max(elapsed, 1e-9)
                 tick, images_seen = time.perf_counter(), 0
                 if self.is_main:
@@ -281,6 +298,20 @@ class Trainer:
         if progress is not None:
             progress.close()
         return written
+
+    def _backward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Backpropagate the step's loss; returns it (detached when PCGrad computes the gradients)."""
+        combine = getattr(self.model, "total_loss", None)
+        if not self.config.pcgrad:
+            total = combine(losses) if combine is not None else sum(losses.values())
+            self.scaler.scale(total).backward()
+            return total
+        # PCGrad: one gradient per task, each weighted by the task's current weight.
+        weights = self.model.loss_weights()
+        tasks = {task: weights[task] * loss for task, loss in self.model.task_losses(losses).items()}
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        pcgrad_backward({task: self.scaler.scale(loss) for task, loss in tasks.items()}, params)
+        return sum(tasks.values()).detach()
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop the log lines of steps after the checkpoint: they will be computed again."""

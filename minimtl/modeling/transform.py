@@ -2,7 +2,8 @@
 
 1. Normalise: (image - mean) / std per channel (ImageNet statistics by default).
 2. Resize so that the shorter side is min_size, unless the longer side would then exceed max_size
-   (then the longer side is max_size); bilinear for images, nearest for masks; boxes scaled alike.
+   (then the longer side is max_size); bilinear for images, nearest for masks and semantic label
+   maps; boxes scaled alike.
    In training, min_size may be a tuple: one value is drawn per image (multi-scale training).
 3. Batch: pad every image with zeros at the bottom and right to the batch's largest size, rounded up
    to a multiple of 32, so that every level of a stride-32 pyramid has whole cells.
@@ -74,6 +75,10 @@ class ImageTransform(nn.Module):
             masks = target["masks"][:, None].float()
             masks = F.interpolate(masks, scale_factor=scale, recompute_scale_factor=True)[:, 0]
             target["masks"] = masks.byte()
+        if "semantic" in target:  # a label map: nearest neighbour, never a blend of two labels
+            semantic = target["semantic"][None, None].float()
+            semantic = F.interpolate(semantic, scale_factor=scale, recompute_scale_factor=True)[0, 0]
+            target["semantic"] = semantic.to(torch.int64)
         return image, target
 
     def batch(self, images: list[Tensor]) -> Tensor:
