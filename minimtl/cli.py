@@ -24,7 +24,7 @@ import torch
 from minimtl import models
 from minimtl.data import CocoDataset, ShapesDataset, default_train_transforms
 from minimtl.engine import TrainConfig, Trainer, load_checkpoint, pick_device, predict
-from minimtl.evaluation import evaluate
+from minimtl.evaluation import evaluate, mean_iou
 
 # The demo's model: the same code path as Mask R-CNN R18-FPN, narrower, for 128 x 128 shapes.
 DEMO_MODEL = dict(
@@ -63,12 +63,18 @@ def _table(rows: dict[str, dict[str, float]]) -> str:
     names = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"]
     lines = [f"{'':6}" + "".join(f"{n:>8}" for n in names)]
     for kind, stats in rows.items():
-        lines.append(f"{kind:6}" + "".join(f"{stats[n]:8.3f}" for n in names))
+        if kind == "semantic":
+            lines.append(f"semantic mIoU {stats['mIoU']:.3f}, pixel accuracy {stats['pixel_accuracy']:.3f}")
+        else:
+            lines.append(f"{kind:6}" + "".join(f"{stats[n]:8.3f}" for n in names))
     return "\n".join(lines)
 
 
 def build_model(model_settings: dict, num_classes: int) -> models.RCNN:
+    """RCNN, or MultiTaskRCNN when a setting only it has is given (e.g. "semantic": true)."""
     settings = dict(model_settings)
+    if set(settings) - models.RCNNConfig.field_names():
+        return models.MultiTaskRCNN(models.MultiTaskConfig(num_classes=num_classes, **settings))
     backbone = settings.pop("backbone", "resnet18")
     masks = settings.pop("masks", True)
     return models.build(num_classes, backbone, masks, **settings)
@@ -79,7 +85,11 @@ def model_from_checkpoint(path, device) -> tuple[models.RCNN, list[str]]:
     meta = state.get("metadata", {})
     if "model_config" not in meta:
         raise ValueError(f"{path} holds no model configuration (was it written by `python -m minimtl train`?)")
-    model = models.RCNN(models.RCNNConfig(**meta["model_config"]))
+    config = meta["model_config"]
+    if set(config) - models.RCNNConfig.field_names():  # written by a MultiTaskRCNN
+        model = models.MultiTaskRCNN(models.MultiTaskConfig(**config))
+    else:
+        model = models.RCNN(models.RCNNConfig(**config))
     model.load_state_dict(state["model"])
     return model.to(device).eval(), meta.get("classes", [str(i) for i in range(model.config.num_classes)])
 
@@ -104,10 +114,16 @@ def _datasets(data: dict):
 
 def evaluate_model(model, dataset, out_dir: Path | None, classes, device, batch_size=8) -> dict:
     predictions, targets = predict(model, dataset, batch_size=batch_size, device=device)
-    results = {"box": evaluate(predictions, targets, "bbox")}
+    detection = getattr(model.config, "detection", True)  # a MultiTaskRCNN may have it off
+    results = {}
+    if detection:
+        results["box"] = evaluate(predictions, targets, "bbox")
     if model.config.masks:
         results["mask"] = evaluate(predictions, targets, "segm")
-    if out_dir is not None:
+    if getattr(model.config, "semantic", False):
+        labels = [p["semantic"] for p in predictions], [t["semantic"] for t in targets]
+        results["semantic"] = mean_iou(*labels, model.semantic_head.classifier.out_channels)
+    if out_dir is not None and detection:
         from minimtl import plots
 
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -154,8 +170,8 @@ def _settings(args) -> dict:
             settings["data"][key] = getattr(args, key)
     for item in getattr(args, "set", None) or []:
         key, _, value = item.partition("=")
-        if key not in {f.name for f in fields(models.RCNNConfig)}:
-            raise SystemExit(f"--set {key}: not a model setting (see minimtl.models.RCNNConfig)")
+        if key not in {f.name for f in fields(models.MultiTaskConfig)}:
+            raise SystemExit(f"--set {key}: not a model setting (see minimtl.models.RCNNConfig, MultiTaskConfig)")
         settings["model"][key] = json.loads(value)
     return settings
 

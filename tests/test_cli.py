@@ -88,3 +88,19 @@ def test_experiment_refuses_an_unknown_row(tmp_path):
     result = subprocess.run([sys.executable, "-m", "minimtl", "experiment", "mtl", "--rows", "everything"],
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode != 0 and "--rows: unknown ['everything']" in result.stderr
+
+
+def test_train_and_eval_a_multitask_model(tmp_path):
+    config = {"model": {"backbone": "resnet18", "min_size": 64, "max_size": 64, "backbone_width": 8,
+                        "fpn_channels": 16, "representation_size": 32, "mask_layers": [16], "mask_dim_reduced": 16,
+                        "semantic_channels": 16},
+              "train": {"steps": 2, "batch_size": 2, "log_every": 1, "progress": False},
+              "data": {"num_test_images": 2, "image_size": 64}}  # fmt: skip
+    (tmp_path / "cfg.json").write_text(json.dumps(config))
+    stdout = run("train", "--config", str(tmp_path / "cfg.json"), "--set", "semantic=true", "--set",
+                 'loss_strategy="uncertainty"', "--out", str(tmp_path / "run"), "--device", "cpu")  # fmt: skip
+    assert "box " in stdout and "mask " in stdout and "semantic mIoU" in stdout
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss_semantic", "weight_detection", "weight_instance", "weight_semantic"} <= set(log[-1])
+    stdout = run("eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--num-images", "2", "--device", "cpu")
+    assert "semantic mIoU" in stdout

@@ -3,10 +3,12 @@
     model = minimtl.models.maskrcnn_resnet50_fpn(num_classes=91)
     model = minimtl.models.maskrcnn_resnet18_fpn(num_classes=4, min_size=256, max_size=256)
 
-Every keyword is a field of RCNNConfig (min_size and max_size as in torchvision).
+Every keyword is a field of RCNNConfig (min_size and max_size as in torchvision). MultiTaskRCNN
+(minimtl/models/multitask.py) adds a semantic segmentation head and the multi-task loss weighting.
 """
 
 from minimtl.models.convert import convert_torchvision_state_dict
+from minimtl.models.multitask import MultiTaskConfig, MultiTaskRCNN
 from minimtl.models.rcnn import RCNN, RCNNConfig
 
 
@@ -34,6 +36,8 @@ def fasterrcnn_resnet18_fpn(num_classes: int, **config) -> RCNN:
 
 
 __all__ = [
+    "MultiTaskConfig",
+    "MultiTaskRCNN",
     "RCNN",
     "RCNNConfig",
     "build",
