@@ -2,7 +2,9 @@
 # The GPU check, in one call on a machine with a CUDA GPU (the lent H100/H200: torch, torchvision,
 # pytest and hypothesis preinstalled, no network). It
 #   1. builds minimtl._C with the CUDA kernels, in place, against the torch that is there;
-#   2. runs the kernel tests (the CUDA cases included: CUDA against CPU and the reference);
+#   2. runs the kernel tests (the CUDA cases included: CUDA against CPU and the reference), then
+#      scripts/cuda_smoke.py (every CUDA kernel on awkward inputs) under compute-sanitizer's memcheck
+#      and racecheck, where the machine has compute-sanitizer;
 #   3. runs the op benchmark on the GPU against torchvision's CUDA ops (IoU, NMS, RoIAlign forward
 #      and forward + backward), and a Mask R-CNN training step against torchvision's;
 #   4. times the main job, `python -m minimtl demo`, on the GPU (target: under 3 minutes), when
@@ -33,6 +35,19 @@ echo "== kernel tests"
 "$PY" -m pytest tests/test_box_iou.py tests/test_nms.py tests/test_roi_align.py tests/test_build.py -q -p no:cacheprovider \
   --junitxml="$OUT/tests.xml" >"$OUT/tests.log" 2>&1 || status=1
 tail -15 "$OUT/tests.log"
+SANITIZER=$(command -v compute-sanitizer || true)
+[ -z "$SANITIZER" ] && [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" ] && SANITIZER="${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer"
+for tool in memcheck racecheck; do
+  if [ -n "$SANITIZER" ]; then
+    if timeout 180 "$SANITIZER" --tool "$tool" --error-exitcode 1 "$PY" scripts/cuda_smoke.py >"$OUT/$tool.log" 2>&1; then
+      echo "compute-sanitizer $tool: clean" | tee -a "$OUT/sanitizer.txt"
+    else
+      echo "compute-sanitizer $tool: FAILED (see $tool.log)" | tee -a "$OUT/sanitizer.txt"; tail -20 "$OUT/$tool.log"; status=1
+    fi
+  else
+    echo "compute-sanitizer $tool: not available on this machine" | tee -a "$OUT/sanitizer.txt"
+  fi
+done
 t_tests=$(( $(date +%s) - t0 - t_build ))
 
 echo "== benchmark (GPU)"
@@ -52,6 +67,7 @@ echo
 echo "== summary: $(head -1 "$OUT/gpu.txt")"
 echo "build ${t_build}s, tests ${t_tests}s, benchmark ${t_bench}s"
 grep -E "passed|failed|error" "$OUT/tests.log" | tail -1
+cat "$OUT/sanitizer.txt"
 cat "$OUT/bench.log"
 cat "$OUT/bench_train.log"
 grep -A3 "trained in" "$OUT/demo.log"

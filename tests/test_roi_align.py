@@ -422,12 +422,42 @@ def test_cuda_matches_cpu(dtype, tol, case):
 
 @requires_cuda
 @pytest.mark.cuda
-def test_cuda_backward_refuses_deterministic_mode():
-    x = torch.randn(1, 2, 8, 8, device="cuda", requires_grad=True)
-    rois = torch.tensor([[0, 1, 1, 6, 6.0]], device="cuda")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_cuda_backward_is_deterministic_in_deterministic_mode(dtype):
+    # Many overlapping RoIs: many threads add to the same pixels. In deterministic mode the CUDA
+    # backward accumulates in fixed point: the same bits on every run, close to the CPU's sum.
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 16, 24, 24, generator=g).to(dtype)
+    rois = random_rois(300, 2, 24, generator=g)
+    grad = torch.randn(300, 16, 7, 7, generator=g).to(dtype)
+    grad[0, 0, 0, 0] = 1e4  # a large value next to small ones: the fixed point must keep both
     torch.use_deterministic_algorithms(True)
     try:
-        with pytest.raises(RuntimeError, match="roi_align backward"):
-            ops.roi_align(x, rois, 2).sum().backward()
+        grads = []
+        for _ in range(3):
+            xg = x.cuda().requires_grad_()
+            ops.roi_align(xg, rois.cuda(), 7, 1.0, 2, True).backward(grad.cuda())
+            grads.append(xg.grad.cpu())
     finally:
         torch.use_deterministic_algorithms(False)
+    assert all(torch.equal(grads[0], other) for other in grads[1:])
+    xc = x.double().requires_grad_()
+    ops.roi_align(xc, rois.double(), 7, 1.0, 2, True).backward(grad.double())
+    tol = {torch.float64: 1e-10, torch.float32: 1e-3, torch.float16: 5e-2}[dtype]
+    torch.testing.assert_close(grads[0].double(), xc.grad, atol=tol, rtol=tol)
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_cuda_deterministic_backward_propagates_nan_and_inf():
+    x = torch.zeros(1, 1, 8, 8, device="cuda", requires_grad=True)
+    rois = torch.tensor([[0, 0, 0, 3, 3.0], [0, 4, 4, 7, 7.0], [0, 4, 4, 7, 7.0]], device="cuda")
+    grad = torch.zeros(3, 1, 1, 1, device="cuda")
+    grad[0], grad[1], grad[2] = math.nan, math.inf, 1.0
+    torch.use_deterministic_algorithms(True)
+    try:
+        ops.roi_align(x, rois, 1, 1.0, 2, True).backward(grad)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert x.grad[0, 0, :3, :3].isnan().any() and (x.grad[0, 0, 4:7, 4:7] == math.inf).any()
+    assert torch.isfinite(x.grad[0, 0, :, 7]).all()  # untouched pixels stay 0

@@ -8,8 +8,15 @@
 // warp writes consecutive outputs and its threads read neighbouring pixels of one channel.
 // Backward: thread (k, c, p, q) hands grad[k, c, p, q] / count back to the same taps with
 // atomicAdd: RoIs overlap, so several threads may add to one pixel. The order of those additions
-// varies from run to run, so the float sum can differ in its last bits; under
-// torch.use_deterministic_algorithms(True) the backward says so instead of running.
+// varies from run to run, so the float sum can differ in its last bits.
+// Deterministic backward (under torch.use_deterministic_algorithms(True)): the same threads and
+// taps, but each contribution v is added as a 64-bit fixed-point integer, round(v * 2^S), with an
+// integer atomicAdd. Integer addition is associative: whatever the order, the sum has the same
+// bits. S comes from B = sum |grad|, a bound on any pixel's total (a sample's four weights sum to
+// 1, and each output is shared by its samples), so that B * 2^S < 2^62 and no sum can overflow;
+// each tap is then exact to 2^-S ~ B * 2^-62, far below float32's rounding of the result. A NaN or
+// infinite contribution has no fixed-point value: the pixel records it in a flag (atomicOr) and
+// the finishing kernel applies IEEE's rules (any NaN, or +inf with -inf, gives NaN; else the inf).
 // float16 and bfloat16 are computed in float32, and their gradient is accumulated in float32.
 
 #include <ATen/Context.h>
@@ -23,7 +30,10 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <math_constants.h>
+
 #include <algorithm>
+#include <cmath>
 
 #include "../checks.h"
 #include "../roi_align_math.h"
@@ -113,6 +123,101 @@ __global__ void roi_align_backward_kernel(const scalar_t* __restrict__ grad, con
   }
 }
 
+// --- deterministic backward: fixed-point accumulation --------------------------------------------
+
+constexpr int kNaN = 1, kPosInf = 2, kNegInf = 4;  // flags of the non-finite contributions
+
+__device__ __forceinline__ void add_fixed(unsigned long long* acc, int* flags, int64_t i, double v, int scale_exp) {
+  if (isfinite(v)) {
+    if (v != 0) atomicAdd(acc + i, static_cast<unsigned long long>(__double2ll_rn(ldexp(v, scale_exp))));
+  } else if (flags != nullptr) {
+    atomicOr(flags + i, isnan(v) ? kNaN : (v > 0 ? kPosInf : kNegInf));
+  }
+}
+
+template <typename scalar_t, typename T>
+__global__ void roi_align_backward_fixed_kernel(const scalar_t* __restrict__ grad, const T* __restrict__ rois,
+                                                int64_t total, int64_t channels, int64_t height, int64_t width,
+                                                int64_t ph, int64_t pw, T spatial_scale, int64_t sampling_ratio,
+                                                bool aligned, int scale_exp, unsigned long long* __restrict__ acc,
+                                                int* __restrict__ flags) {
+  for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < total;
+       index += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const OutputIndex o = unravel(index, channels, ph, pw);
+    const T* roi = rois + 5 * o.k;
+    const RoIGeometry<T> g = roi_geometry(roi[1], roi[2], roi[3], roi[4], spatial_scale, ph, pw, sampling_ratio, aligned);
+    const int64_t plane = (static_cast<int64_t>(roi[0]) * channels + o.c) * height * width;  // (H, W) at acc + plane
+    const T share = static_cast<T>(grad[index]) / g.count;
+
+    int64_t y_first, y_last, x_first, x_last;
+    sample_range(g.start_y, g.bin_h, o.p, g.grid_h, height, &y_first, &y_last);
+    sample_range(g.start_x, g.bin_w, o.q, g.grid_w, width, &x_first, &x_last);
+    for (int64_t iy = y_first; iy < y_last; ++iy) {
+      Neighbours<T> ty;
+      if (!neighbours(sample_coord(g.start_y, g.bin_h, o.p, iy, g.grid_h), height, &ty)) continue;
+      for (int64_t ix = x_first; ix < x_last; ++ix) {
+        Neighbours<T> tx;
+        if (!neighbours(sample_coord(g.start_x, g.bin_w, o.q, ix, g.grid_w), width, &tx)) continue;
+        // The same products as the float path, in T, then made fixed-point.
+        add_fixed(acc, flags, plane + ty.low * width + tx.low, ty.w_low * tx.w_low * share, scale_exp);
+        add_fixed(acc, flags, plane + ty.low * width + tx.high, ty.w_low * tx.w_high * share, scale_exp);
+        add_fixed(acc, flags, plane + ty.high * width + tx.low, ty.w_high * tx.w_low * share, scale_exp);
+        add_fixed(acc, flags, plane + ty.high * width + tx.high, ty.w_high * tx.w_high * share, scale_exp);
+      }
+    }
+  }
+}
+
+// acc (fixed point, 2^-S units) and the flags -> the gradient in scalar_t.
+template <typename scalar_t, typename T>
+__global__ void fixed_to_float_kernel(const unsigned long long* __restrict__ acc, const int* __restrict__ flags,
+                                      int64_t total, int scale_exp, scalar_t* __restrict__ out) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    double v = ldexp(static_cast<double>(static_cast<long long>(acc[i])), -scale_exp);
+    if (flags != nullptr && flags[i] != 0) {
+      const int f = flags[i];
+      const bool nan = (f & kNaN) || ((f & kPosInf) && (f & kNegInf));
+      v = nan ? CUDART_NAN : ((f & kPosInf) ? CUDART_INF : -CUDART_INF);
+    }
+    out[i] = static_cast<scalar_t>(static_cast<T>(v));
+  }
+}
+
+// The deterministic backward: same result as the float path up to its rounding, the same bits on
+// every run. Costs two reductions over grad (with a device-to-host copy) and an int64 buffer.
+template <typename scalar_t>
+at::Tensor roi_align_backward_deterministic(const at::Tensor& grad_c, const at::Tensor& rois, double spatial_scale,
+                                            int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
+                                            int64_t channels, int64_t height, int64_t width, int64_t sampling_ratio,
+                                            bool aligned) {
+  using T = at::opmath_type<scalar_t>;
+  const at::Tensor g64 = grad_c.to(at::kDouble);
+  const bool all_finite = g64.isfinite().all().item<bool>();
+  const double bound = g64.abs().nan_to_num(0.0, 0.0, 0.0).sum().item<double>();  // B
+  at::Tensor out = at::zeros({batch_size, channels, height, width}, grad_c.options());
+  if (bound == 0.0 && all_finite) return out;
+  int exponent = 0;
+  std::frexp(bound, &exponent);  // B < 2^exponent
+  const int scale_exp = 62 - exponent;  // B * 2^S < 2^62
+  const int64_t total = out.numel();
+  at::Tensor acc = at::zeros({total}, grad_c.options().dtype(at::kLong));
+  at::Tensor flags;
+  if (!all_finite) flags = at::zeros({total}, grad_c.options().dtype(at::kInt));
+  int* flags_ptr = all_finite ? nullptr : flags.data_ptr<int>();
+  auto* acc_ptr = reinterpret_cast<unsigned long long*>(acc.data_ptr<int64_t>());
+  const at::Tensor rois_t = rois.to(c10::CppTypeToScalarType<T>::value).contiguous();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  roi_align_backward_fixed_kernel<scalar_t, T><<<num_blocks(grad_c.numel()), kThreads, 0, stream>>>(
+      grad_c.data_ptr<scalar_t>(), rois_t.data_ptr<T>(), grad_c.numel(), channels, height, width, pooled_height,
+      pooled_width, static_cast<T>(spatial_scale), sampling_ratio, aligned, scale_exp, acc_ptr, flags_ptr);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  fixed_to_float_kernel<scalar_t, T>
+      <<<num_blocks(total), kThreads, 0, stream>>>(acc_ptr, flags_ptr, total, scale_exp, out.data_ptr<scalar_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
 at::Tensor roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
                                   int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio, bool aligned) {
   check_roi_align_inputs("roi_align", input, rois, pooled_height, pooled_width);
@@ -141,7 +246,6 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
   check_roi_align_backward_inputs("_roi_align_backward", grad, rois, pooled_height, pooled_width, batch_size, channels,
                                   height, width);
   c10::cuda::CUDAGuard guard(grad.device());
-  at::globalContext().alertNotDeterministic("minimtl roi_align backward (CUDA, atomicAdd)");
   if (grad.numel() == 0 || height == 0 || width == 0) {
     return at::zeros({batch_size, channels, height, width}, grad.options());
   }
@@ -149,6 +253,12 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
   at::Tensor grad_input;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
+    if (at::globalContext().deterministicAlgorithms()) {
+      grad_input = roi_align_backward_deterministic<scalar_t>(grad.contiguous(), rois, spatial_scale, pooled_height,
+                                                              pooled_width, batch_size, channels, height, width,
+                                                              sampling_ratio, aligned);
+      return;
+    }
     // Accumulate in T (float32 for float16/bfloat16 gradients), convert at the end.
     at::Tensor acc = at::zeros({batch_size, channels, height, width}, grad.options().dtype(c10::CppTypeToScalarType<T>::value));
     const at::Tensor rois_t = rois.to(c10::CppTypeToScalarType<T>::value).contiguous();

@@ -54,7 +54,10 @@ def roi_align(
 
     Returns:
         Tensor[K, C, ph, pw] in input's dtype, contiguous. Differentiable with respect to `input`
-        (the boxes get no gradient); a second derivative is refused with an error.
+        (the boxes get no gradient); a second derivative is refused with an error. The backward is
+        deterministic on the CPU; on CUDA it adds with float atomics (the last bits vary from run
+        to run), or, under torch.use_deterministic_algorithms(True), with fixed-point integer
+        atomics that give the same bits on every run.
 
     Bad input, never a crash or an out-of-bounds read:
 
