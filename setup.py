@@ -7,6 +7,8 @@ whenever torch is a CUDA build and a CUDA toolkit is found, also on a machine wi
 that CI compiles and links them. MINIMTL_WITH_CUDA=1 forces them (and fails when they cannot be
 built); MINIMTL_WITH_CUDA=0 leaves them out. TORCH_CUDA_ARCH_LIST picks the GPU architectures
 (default: those of the visible GPUs, or 7.5;8.0;9.0+PTX when none is visible).
+MINIMTL_SANITIZE=address,undefined builds the CPU kernels with AddressSanitizer and
+UndefinedBehaviorSanitizer (scripts/sanitize.sh does it in a copy of the tree and runs the tests).
 """
 
 import importlib.util
@@ -70,6 +72,14 @@ def extensions():
     # runtime is the libgomp that torch already loads).
     extra = {"cxx": ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fopenmp"]}
     link = ["-fopenmp"]
+    sanitize = os.environ.get("MINIMTL_SANITIZE", "").strip()
+    if sanitize:
+        if with_cuda:
+            raise SystemExit("MINIMTL_SANITIZE builds the CPU kernels only: set MINIMTL_WITH_CUDA=0 as well")
+        # -O1 and frame pointers: readable reports; no recovery: the first UB report fails the run.
+        flags = [f"-fsanitize={sanitize}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
+        extra["cxx"] = [f for f in extra["cxx"] if f != "-O3"] + ["-O1", *flags]
+        link += [f"-fsanitize={sanitize}"]
     if not with_cuda:
         print(f"minimtl: building the CPU kernels only (torch {torch.__version__}, CUDA toolkit {CUDA_HOME})")
         return [
