@@ -97,10 +97,18 @@ def test_transform_resizes_semantic_maps_with_nearest_neighbour():
         (dict(masks=False, semantic=False), DETECTION_TERMS),
         (dict(masks=True, semantic=False), DETECTION_TERMS | {"loss_mask"}),
         (dict(detection=False, masks=False, semantic=True), {"loss_semantic"}),
+        (dict(detection=False, semantic_head="hypercolumn"), {"loss_semantic"}),
         (dict(masks=True, semantic_head="hypercolumn"), DETECTION_TERMS | {"loss_mask", "loss_semantic"}),
         (dict(masks=True, mask_features="hypercolumn"), DETECTION_TERMS | {"loss_mask", "loss_semantic"}),
     ],
-    ids=["detection", "mask_rcnn", "semantic", "joint_hypercolumn_semantic", "joint_hypercolumn_masks"],
+    ids=[
+        "detection",
+        "mask_rcnn",
+        "semantic",
+        "semantic_hypercolumn",
+        "joint_hypercolumn_semantic",
+        "joint_hypercolumn_masks",
+    ],
 )
 def test_every_head_switches_on_and_off(heads, terms):
     torch.manual_seed(0)
@@ -120,6 +128,8 @@ def test_every_head_switches_on_and_off(heads, terms):
         if model.config.semantic:
             assert out["semantic"].shape == (128, 128) and out["semantic"].dtype == torch.int64
     assert (model.rpn is None) == (not model.config.detection)
+    fpn_needed = model.config.detection or model.config.semantic_head == "fpn"
+    assert (model.fpn is not None) == fpn_needed
 
 
 def test_without_semantic_it_is_rcnn():
@@ -147,6 +157,8 @@ def test_config_errors():
         MultiTaskConfig(num_classes=4, detection=False, masks=False, semantic=False)
     with pytest.raises(ValueError, match="masks .* needs detection=True"):
         MultiTaskConfig(num_classes=4, detection=False, masks=True)
+    assert MultiTaskConfig(num_classes=4, detection=False).masks is False  # masks follow detection by default
+    assert MultiTaskConfig(num_classes=4).masks is True
     with pytest.raises(ValueError, match="semantic_head must be 'fpn' or 'hypercolumn', got 'aspp'"):
         MultiTaskConfig(num_classes=4, semantic_head="aspp")
     model = MultiTaskRCNN(MultiTaskConfig(num_classes=4, detection=False, masks=False, **SMALL))
@@ -180,7 +192,8 @@ def test_semantic_head_learns_one_batch():
 
 
 @pytest.mark.parametrize(
-    "strategy, pcgrad", [("uncertainty", False), ("dwa", False), ("gradnorm", False), ("fixed", True)]
+    "strategy, pcgrad",
+    [("uncertainty", False), ("dwa", False), ("gradnorm", False), ("fixed", True), ("dwa", True)],
 )
 def test_trainer_backpropagates_the_weighted_loss_and_logs_the_weights(tmp_path, strategy, pcgrad):
     torch.manual_seed(0)

@@ -160,8 +160,9 @@ class Trainer:
             strategy = getattr(getattr(model, "config", None), "loss_strategy", None)
             if not hasattr(model, "task_losses") or strategy not in ("fixed", "dwa"):
                 raise ValueError(
-                    "TrainConfig.pcgrad needs a multi-task model (MultiTaskRCNN) whose task weights are not learned "
-                    f"by backpropagation (loss_strategy 'fixed' or 'dwa'), got {type(model).__name__} with "
+                    "TrainConfig.pcgrad needs a multi-task model (MultiTaskRCNN) with loss_strategy 'fixed' or 'dwa' "
+                    "(uncertainty's weights are learned through the backward pass that PCGrad replaces, and "
+                    f"GradNorm computes per-task gradients of its own), got {type(model).__name__} with "
                     f"loss_strategy {strategy!r}"
                 )
             if self.ddp is not None:
@@ -306,8 +307,10 @@ class Trainer:
             total = combine(losses) if combine is not None else sum(losses.values())
             self.scaler.scale(total).backward()
             return total
-        # PCGrad: one gradient per task, each weighted by the task's current weight.
+        # PCGrad: one gradient per task, each weighted by this step's weight. total_loss is still
+        # called: it is where a weighting that adapts in its forward (DWA) takes in this step's losses.
         weights = self.model.loss_weights()
+        combine(losses)
         tasks = {task: weights[task] * loss for task, loss in self.model.task_losses(losses).items()}
         params = [p for p in self.model.parameters() if p.requires_grad]
         pcgrad_backward({task: self.scaler.scale(loss) for task, loss in tasks.items()}, params)

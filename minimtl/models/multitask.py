@@ -38,7 +38,7 @@ TASK_TERMS = {
 @dataclass
 class MultiTaskConfig(RCNNConfig):
     detection: bool = True  # RPN + box head
-    # masks (from RCNNConfig): the instance mask head, which needs detection
+    masks: bool | None = None  # the instance mask head, which needs detection; None: = detection
     mask_features: str = "level"  # level: one FPN level per box (FPN eq. 1); hypercolumn: all levels
     semantic: bool = True
     semantic_head: str = "fpn"  # fpn (Panoptic FPN's, on P2..P5) or hypercolumn (on C2..C5)
@@ -49,6 +49,8 @@ class MultiTaskConfig(RCNNConfig):
     loss_options: dict = field(default_factory=dict)  # e.g. {"dwa_period": 50, "gradnorm_alpha": 1.5}
 
     def __post_init__(self):
+        if self.masks is None:
+            self.masks = self.detection
         super().__post_init__()
         if not (self.detection or self.semantic):
             raise ValueError("MultiTaskConfig: at least one of detection and semantic must be on")
@@ -71,6 +73,8 @@ class MultiTaskRCNN(RCNN):
         c = self.config
         if not c.detection:
             self.rpn = self.roi_heads = None
+            if c.semantic_head == "hypercolumn":  # nothing reads the pyramid
+                self.fpn = None
         elif c.masks and c.mask_features == "hypercolumn":
             self.roi_heads.mask_head.pooler = HypercolumnRoIPooler(c.fpn_channels, 4, c.mask_roi_size, 2, c.roi_aligned)
         self.semantic_head = None
@@ -95,7 +99,7 @@ class MultiTaskRCNN(RCNN):
         if c.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         levels = self.backbone(batch)  # C2..C5
-        features = self.fpn(levels)  # P2..P6
+        features = self.fpn(levels) if self.fpn is not None else None  # P2..P6
         losses, outputs = {}, [{} for _ in images]
         if c.detection:
             proposals, rpn_losses = self.rpn(tuple(batch.shape[-2:]), image_sizes, features, targets)
