@@ -153,35 +153,74 @@ def table_markdown(table: dict) -> str:
     return "\n".join(lines)
 
 
-def compare(table: dict, results: dict) -> list[str]:
-    """Plain statements: each joint row against the single-task baselines, with the seeds' spread.
+BASELINES = {"box_AP": "detection only", "mask_AP": "Mask R-CNN (detection + instance)", "mIoU": "semantic only"}
+
+
+def differences(table: dict, results: dict) -> list[tuple[str, str, float, float, str]]:
+    """(joint row, metric, difference, standard error, verdict) for each joint row and metric.
 
     A difference is called real only when it exceeds twice its standard error (the two rows' seed
-    standard deviations combined); with three seeds that is a coarse test, and it says so.
+    standard deviations combined); with three seeds that is a coarse test.
     """
-    baselines = {
-        "box_AP": "detection only",
-        "mask_AP": "Mask R-CNN (detection + instance)",
-        "mIoU": "semantic only",
-    }
-    statements = []
+    out = []
     for name in table:
         if not name.startswith("joint"):
             continue
-        for metric, base in baselines.items():
+        for metric, base in BASELINES.items():
             if base not in table or metric not in table[name]:
                 continue
             (m1, s1), (m0, s0) = table[name][metric], table[base][metric]
-            n1, n0 = len(results[name]), len(results[base])
-            stderr = math.sqrt(s1**2 / n1 + s0**2 / n0)
+            stderr = math.sqrt(s1**2 / len(results[name]) + s0**2 / len(results[base]))
             diff = m1 - m0
             verdict = "better" if diff > 0 else "worse"
             if stderr == 0 or abs(diff) <= 2 * stderr:
                 verdict = "no clear difference"
-            statements.append(
-                f"- {name} vs {base}, {metric}: {m1:.3f} vs {m0:.3f} ({diff:+.3f}, "
-                f"standard error {stderr:.3f}): {verdict}."
-            )
+            out.append((name, metric, diff, stderr, verdict))
+    return out
+
+
+def verdict(table: dict, results: dict) -> str:
+    """The answer in a paragraph: did joint training help, on which metric, by how much."""
+    rows = differences(table, results)
+    if not rows:
+        return "No joint row and baseline to compare."
+    lines = []
+    for metric, base in BASELINES.items():
+        mine = [r for r in rows if r[1] == metric]
+        if not mine:
+            continue
+        better = sum(r[4] == "better" for r in mine)
+        worse = sum(r[4] == "worse" for r in mine)
+        lo, hi = min(r[2] for r in mine), max(r[2] for r in mine)
+        lines.append(
+            f"{metric} against {base}: joint rows differ by {lo:+.3f} to {hi:+.3f}; clearly better in {better}, "
+            f"clearly worse in {worse} of {len(mine)}."
+        )
+    better = sum(r[4] == "better" for r in rows)
+    worse = sum(r[4] == "worse" for r in rows)
+    if better and not worse:
+        overall = f"Joint training helped here: {better} of {len(rows)} comparisons are clearly better, none worse."
+    elif worse and not better:
+        overall = f"Joint training hurt here: {worse} of {len(rows)} comparisons are clearly worse, none better."
+    elif better or worse:
+        overall = f"Mixed: {better} of {len(rows)} comparisons clearly better, {worse} clearly worse."
+    else:
+        overall = (
+            f"Neither confirmed nor refuted at this budget: none of the {len(rows)} comparisons differs by more "
+            "than twice its standard error."
+        )
+    return " ".join([overall, *lines])
+
+
+def compare(table: dict, results: dict) -> list[str]:
+    """Plain statements: each joint row against the single-task baselines, with the seeds' spread."""
+    statements = []
+    for name, metric, diff, stderr, verdict_ in differences(table, results):
+        m1, m0 = table[name][metric][0], table[BASELINES[metric]][metric][0]
+        statements.append(
+            f"- {name} vs {BASELINES[metric]}, {metric}: {m1:.3f} vs {m0:.3f} ({diff:+.3f}, "
+            f"standard error {stderr:.3f}): {verdict_}."
+        )
     return statements
 
 
@@ -208,8 +247,15 @@ def write_report(results: dict, path: Path, seeds, steps: int, num_test: int, co
         + ".",
         "- Box and mask AP are COCO's AP@[.5:.95] (`minimtl.evaluation.evaluate`); mIoU over background, "
         "circle, square and triangle (`minimtl.evaluation.mean_iou`).",
+        "- Time per run: the wall-clock training time (evaluation excluded); anything else running on the "
+        "machine at the same time inflates it.",
+        "- A difference is called clear when it exceeds twice its standard error (the two rows' standard "
+        'deviations over seeds combined); with three seeds that is a coarse test: "no clear difference" means the '
+        "experiment cannot tell, not that the rows are equal.",
         "",
         "## Joint against separate",
+        "",
+        verdict(table, results),
         "",
         *compare(table, results),
     ]
