@@ -309,7 +309,7 @@ def main(argv=None) -> int:
 
     ex = sub.add_parser("experiment", help="run an experiment and write its report (mtl: joint vs separate)")
     ex.add_argument("name", choices=["mtl"])
-    ex.add_argument("--steps", type=int, help="training steps per run (default 1000; 20 with --fast)")
+    ex.add_argument("--steps", type=int, help="training steps per run (default 600; 20 with --fast)")
     ex.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2 (0 with --fast)")
     ex.add_argument("--num-test-images", type=int, default=200)
     ex.add_argument("--rows", nargs="+", help="only these rows (by name)")
