@@ -11,8 +11,9 @@
 //     with x2 <= x1 or y2 <= y1 has area 0, and a box with a NaN coordinate has area NaN;
 //   * IoU = inter / union only where union > 0, else 0 (NaN > 0 is false): a zero-area pair and
 //     any box with area NaN give 0;
-//   * GIoU adds its penalty only where the enclosing area is > 0, and any NaN left (from inf - inf)
-//     becomes 0.
+//   * GIoU adds its penalty only where the enclosing area is > 0, clamped to [0, 1] (where it lies
+//     exactly; a union that overflows to inf, from two finite areas, would push it to -inf), and
+//     any NaN left (from inf - inf) becomes 0.
 #pragma once
 
 #if defined(__CUDACC__)
@@ -79,7 +80,9 @@ MINIMTL_HOST_DEVICE T pair_giou(T ax1, T ay1, T ax2, T ay2, T area_a, T bx1, T b
   T ch = clamp_min0(max_(ay2, by2) - min_(ay1, by1));
   T enclose = cw * ch;
   T safe = enclose > T(0) ? enclose : T(1);
-  T giou = iou - (enclose - uni) / safe;
+  T penalty = (enclose - uni) / safe;
+  penalty = penalty < T(0) ? T(0) : (penalty > T(1) ? T(1) : penalty);  // keeps NaN, like torch.clamp
+  T giou = iou - penalty;
   giou = enclose > T(0) ? giou : iou;
   return giou == giou ? giou : T(0);  // NaN != NaN: what inf - inf left becomes 0
 }

@@ -91,6 +91,18 @@ def test_nan_box_gives_zero():
         assert not out.isnan().any()
 
 
+def test_giou_stays_in_range_when_the_union_overflows():
+    # Found by the fuzz pass: in float32 this box's area (3e38) is finite, but the union of two
+    # such boxes (area + area - intersection) overflows to inf while the enclosing box does not; the
+    # penalty (C - U) / C then was -inf and GIoU +inf. The penalty is clamped to [0, 1].
+    big = torch.tensor([[-1.0, -3e38, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]])
+    for dtype in (torch.float32, torch.float64):
+        out = ops.generalized_box_iou(big.to(dtype), big.to(dtype))
+        assert ((out >= -1) & (out <= 1)).all(), out
+        assert torch.equal(out, reference.generalized_box_iou(big.to(dtype), big.to(dtype)))
+    assert ops.generalized_box_iou(big.double(), big.double())[0, 0] == 1  # no overflow in float64
+
+
 # --- shapes, layouts, dtypes -------------------------------------------------------------------
 
 

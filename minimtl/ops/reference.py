@@ -66,7 +66,9 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 
     GIoU(a, b) = IoU(a, b) - (|C| - |a ∪ b|) / |C|, C the smallest box enclosing a and b.
     It lies in [-1, 1] and, unlike IoU, still says how far apart two disjoint boxes are.
-    Where |C| is not positive the penalty is left out; any NaN left (from inf - inf) becomes 0.
+    Where |C| is not positive the penalty is left out. The penalty (|C| - |a ∪ b|) / |C| lies in
+    [0, 1] and is clamped there: in floating point the union can overflow to inf (two finite areas
+    whose sum cannot be represented) while |C| does not. Any NaN left (from inf - inf) becomes 0.
     """
     dtype = boxes1.dtype
     boxes1, boxes2 = boxes1.to(_compute_dtype(boxes1)), boxes2.to(_compute_dtype(boxes2))
@@ -81,7 +83,8 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     enclose = wh[..., 0] * wh[..., 1]  # (N, M)
 
     positive = enclose > 0
-    giou = torch.where(positive, iou - (enclose - union) / torch.where(positive, enclose, 1), iou)
+    penalty = ((enclose - union) / torch.where(positive, enclose, 1)).clamp(min=0, max=1)  # (N, M); NaN stays
+    giou = torch.where(positive, iou - penalty, iou)
     return torch.where(torch.isnan(giou), 0, giou).to(dtype)
 
 
