@@ -9,8 +9,8 @@
 #      and forward + backward), and a Mask R-CNN training step against torchvision's;
 #   4. times the main job, `python -m minimtl demo`, on the GPU (target: under 3 minutes), when
 #      the machine has its dependencies (tqdm, matplotlib);
-# and prints a short table at the end. Logs and JSON go to $OUT (or ./gpu_check_out).
-# Record each run in docs/gpu-results.md. Budget: under 10 minutes.
+# and prints a short table at the end. Logs and JSON go to $OUT (or ./gpu_check_out), and the table
+# also to $OUT/summary.md: paste it into docs/gpu-results.md. Budget: under 10 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_check_out}
@@ -63,12 +63,21 @@ else
   echo "skipped: tqdm or matplotlib is not installed here" | tee "$OUT/demo.log"
 fi
 
+# The summary, printed and written as $OUT/summary.md: an entry to paste into docs/gpu-results.md.
+{
+  echo "## $(head -1 "$OUT/gpu.txt" | cut -d, -f1), $(date -u +%Y-%m-%d)"
+  echo
+  echo '```'
+  tail -n +2 "$OUT/gpu.txt"
+  echo "build ${t_build}s, tests ${t_tests}s, benchmark ${t_bench}s"
+  grep -E "passed|failed|error" "$OUT/tests.log" | tail -1
+  cat "$OUT/sanitizer.txt"
+  cat "$OUT/bench.log"
+  cat "$OUT/bench_train.log"
+  grep -A3 "trained in" "$OUT/demo.log"
+  echo '```'
+} >"$OUT/summary.md"
 echo
-echo "== summary: $(head -1 "$OUT/gpu.txt")"
-echo "build ${t_build}s, tests ${t_tests}s, benchmark ${t_bench}s"
-grep -E "passed|failed|error" "$OUT/tests.log" | tail -1
-cat "$OUT/sanitizer.txt"
-cat "$OUT/bench.log"
-cat "$OUT/bench_train.log"
-grep -A3 "trained in" "$OUT/demo.log"
+echo "== summary (also in $OUT/summary.md, for docs/gpu-results.md)"
+cat "$OUT/summary.md"
 exit $status
