@@ -298,6 +298,8 @@ class Trainer:
                 self.save_checkpoint()
         if progress is not None:
             progress.close()
+        if self.world > 1:  # leave together: no process goes on (or exits) before the last checkpoint is written
+            torch.distributed.barrier()
         return written
 
     def _backward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
