@@ -92,17 +92,41 @@ __global__ void roi_align_forward_kernel(const scalar_t* __restrict__ input, con
   }
 }
 
-template <typename scalar_t, typename T>
+// How a contribution v reaches pixel i of the (N, C, H, W) gradient. The float path adds it with a
+// float atomicAdd; the deterministic path as fixed point (see the top of the file).
+template <typename T>
+struct FloatAdd {
+  T* grad_input;
+  __device__ __forceinline__ void operator()(int64_t i, T v) const { atomicAdd(grad_input + i, v); }
+};
+
+constexpr int kNaN = 1, kPosInf = 2, kNegInf = 4;  // flags of the non-finite contributions
+
+struct FixedPointAdd {
+  unsigned long long* acc;  // round(v * 2^scale_exp), summed as integers
+  int* flags;               // nullptr when every gradient is finite
+  int scale_exp;
+  __device__ __forceinline__ void operator()(int64_t i, double v) const {
+    if (isfinite(v)) {
+      if (v != 0) atomicAdd(acc + i, static_cast<unsigned long long>(__double2ll_rn(ldexp(v, scale_exp))));
+    } else if (flags != nullptr) {
+      atomicOr(flags + i, isnan(v) ? kNaN : (v > 0 ? kPosInf : kNegInf));
+    }
+  }
+};
+
+// Thread (k, c, p, q) hands grad[k, c, p, q] / count back to the taps of its bin's samples, each
+// weighted as in the forward; `add` puts each product into the gradient.
+template <typename scalar_t, typename T, typename Add>
 __global__ void roi_align_backward_kernel(const scalar_t* __restrict__ grad, const T* __restrict__ rois, int64_t total,
                                           int64_t channels, int64_t height, int64_t width, int64_t ph, int64_t pw,
-                                          T spatial_scale, int64_t sampling_ratio, bool aligned,
-                                          T* __restrict__ grad_input) {
+                                          T spatial_scale, int64_t sampling_ratio, bool aligned, Add add) {
   for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < total;
        index += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const OutputIndex o = unravel(index, channels, ph, pw);
     const T* roi = rois + 5 * o.k;
     const RoIGeometry<T> g = roi_geometry(roi[1], roi[2], roi[3], roi[4], spatial_scale, ph, pw, sampling_ratio, aligned);
-    T* map = grad_input + (static_cast<int64_t>(roi[0]) * channels + o.c) * height * width;  // (H, W)
+    const int64_t plane = (static_cast<int64_t>(roi[0]) * channels + o.c) * height * width;  // (H, W) from here
     const T share = static_cast<T>(grad[index]) / g.count;  // what each sample received
 
     int64_t y_first, y_last, x_first, x_last;
@@ -114,55 +138,10 @@ __global__ void roi_align_backward_kernel(const scalar_t* __restrict__ grad, con
       for (int64_t ix = x_first; ix < x_last; ++ix) {
         Neighbours<T> tx;
         if (!neighbours(sample_coord(g.start_x, g.bin_w, o.q, ix, g.grid_w), width, &tx)) continue;
-        atomicAdd(map + ty.low * width + tx.low, ty.w_low * tx.w_low * share);
-        atomicAdd(map + ty.low * width + tx.high, ty.w_low * tx.w_high * share);
-        atomicAdd(map + ty.high * width + tx.low, ty.w_high * tx.w_low * share);
-        atomicAdd(map + ty.high * width + tx.high, ty.w_high * tx.w_high * share);
-      }
-    }
-  }
-}
-
-// --- deterministic backward: fixed-point accumulation --------------------------------------------
-
-constexpr int kNaN = 1, kPosInf = 2, kNegInf = 4;  // flags of the non-finite contributions
-
-__device__ __forceinline__ void add_fixed(unsigned long long* acc, int* flags, int64_t i, double v, int scale_exp) {
-  if (isfinite(v)) {
-    if (v != 0) atomicAdd(acc + i, static_cast<unsigned long long>(__double2ll_rn(ldexp(v, scale_exp))));
-  } else if (flags != nullptr) {
-    atomicOr(flags + i, isnan(v) ? kNaN : (v > 0 ? kPosInf : kNegInf));
-  }
-}
-
-template <typename scalar_t, typename T>
-__global__ void roi_align_backward_fixed_kernel(const scalar_t* __restrict__ grad, const T* __restrict__ rois,
-                                                int64_t total, int64_t channels, int64_t height, int64_t width,
-                                                int64_t ph, int64_t pw, T spatial_scale, int64_t sampling_ratio,
-                                                bool aligned, int scale_exp, unsigned long long* __restrict__ acc,
-                                                int* __restrict__ flags) {
-  for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < total;
-       index += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const OutputIndex o = unravel(index, channels, ph, pw);
-    const T* roi = rois + 5 * o.k;
-    const RoIGeometry<T> g = roi_geometry(roi[1], roi[2], roi[3], roi[4], spatial_scale, ph, pw, sampling_ratio, aligned);
-    const int64_t plane = (static_cast<int64_t>(roi[0]) * channels + o.c) * height * width;  // (H, W) at acc + plane
-    const T share = static_cast<T>(grad[index]) / g.count;
-
-    int64_t y_first, y_last, x_first, x_last;
-    sample_range(g.start_y, g.bin_h, o.p, g.grid_h, height, &y_first, &y_last);
-    sample_range(g.start_x, g.bin_w, o.q, g.grid_w, width, &x_first, &x_last);
-    for (int64_t iy = y_first; iy < y_last; ++iy) {
-      Neighbours<T> ty;
-      if (!neighbours(sample_coord(g.start_y, g.bin_h, o.p, iy, g.grid_h), height, &ty)) continue;
-      for (int64_t ix = x_first; ix < x_last; ++ix) {
-        Neighbours<T> tx;
-        if (!neighbours(sample_coord(g.start_x, g.bin_w, o.q, ix, g.grid_w), width, &tx)) continue;
-        // The same products as the float path, in T, then made fixed-point.
-        add_fixed(acc, flags, plane + ty.low * width + tx.low, ty.w_low * tx.w_low * share, scale_exp);
-        add_fixed(acc, flags, plane + ty.low * width + tx.high, ty.w_low * tx.w_high * share, scale_exp);
-        add_fixed(acc, flags, plane + ty.high * width + tx.low, ty.w_high * tx.w_low * share, scale_exp);
-        add_fixed(acc, flags, plane + ty.high * width + tx.high, ty.w_high * tx.w_high * share, scale_exp);
+        add(plane + ty.low * width + tx.low, ty.w_low * tx.w_low * share);
+        add(plane + ty.low * width + tx.high, ty.w_low * tx.w_high * share);
+        add(plane + ty.high * width + tx.low, ty.w_high * tx.w_low * share);
+        add(plane + ty.high * width + tx.high, ty.w_high * tx.w_high * share);
       }
     }
   }
@@ -208,9 +187,10 @@ at::Tensor roi_align_backward_deterministic(const at::Tensor& grad_c, const at::
   auto* acc_ptr = reinterpret_cast<unsigned long long*>(acc.data_ptr<int64_t>());
   const at::Tensor rois_t = rois.to(c10::CppTypeToScalarType<T>::value).contiguous();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  roi_align_backward_fixed_kernel<scalar_t, T><<<num_blocks(grad_c.numel()), kThreads, 0, stream>>>(
+  roi_align_backward_kernel<scalar_t, T><<<num_blocks(grad_c.numel()), kThreads, 0, stream>>>(
       grad_c.data_ptr<scalar_t>(), rois_t.data_ptr<T>(), grad_c.numel(), channels, height, width, pooled_height,
-      pooled_width, static_cast<T>(spatial_scale), sampling_ratio, aligned, scale_exp, acc_ptr, flags_ptr);
+      pooled_width, static_cast<T>(spatial_scale), sampling_ratio, aligned,
+      FixedPointAdd{acc_ptr, flags_ptr, scale_exp});
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   fixed_to_float_kernel<scalar_t, T>
       <<<num_blocks(total), kThreads, 0, stream>>>(acc_ptr, flags_ptr, total, scale_exp, out.data_ptr<scalar_t>());
@@ -266,7 +246,7 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
     roi_align_backward_kernel<scalar_t, T>
         <<<num_blocks(grad_c.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
             grad_c.data_ptr<scalar_t>(), rois_t.data_ptr<T>(), grad_c.numel(), channels, height, width, pooled_height,
-            pooled_width, static_cast<T>(spatial_scale), sampling_ratio, aligned, acc.data_ptr<T>());
+            pooled_width, static_cast<T>(spatial_scale), sampling_ratio, aligned, FloatAdd<T>{acc.data_ptr<T>()});
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     grad_input = acc.to(grad.scalar_type());
   });
