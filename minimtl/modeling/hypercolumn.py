@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from minimtl import ops
-from minimtl.modeling.poolers import infer_scale
+from minimtl.modeling.poolers import level_scales
 
 
 class HypercolumnHead(nn.Module):
@@ -83,11 +83,11 @@ class HypercolumnRoIPooler(nn.Module):
     def forward(self, features: list[Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]) -> Tensor:
         if len(features) != len(self.projections):
             raise ValueError(f"HypercolumnRoIPooler: expected {len(self.projections)} levels, got {len(features)}")
-        largest = (max(s[0] for s in image_sizes), max(s[1] for s in image_sizes))
         rois = ops.boxes_to_rois(list(boxes), like=features[0])  # (K, 5)
         pooled = 0
-        for projection, feature in zip(self.projections, features, strict=True):
-            scale = infer_scale(feature.shape[-2:], largest)
+        for projection, feature, scale in zip(
+            self.projections, features, level_scales(features, image_sizes), strict=True
+        ):
             level = ops.roi_align(feature, rois, self.output_size, scale, self.sampling_ratio, self.aligned)
             pooled = pooled + projection(level)  # (K, D, ph, pw)
         return F.relu(pooled)

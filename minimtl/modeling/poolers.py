@@ -43,6 +43,12 @@ def infer_scale(feature_size: tuple[int, int], image_size: tuple[int, int]) -> f
     return 2.0 ** round(math.log2(feature_size[0] / image_size[0]))
 
 
+def level_scales(features: list[Tensor], image_sizes: list[tuple[int, int]]) -> list[float]:
+    """Each level's scale. The largest image of the batch defines them (the padded area holds no boxes)."""
+    largest = (max(s[0] for s in image_sizes), max(s[1] for s in image_sizes))
+    return [infer_scale(f.shape[-2:], largest) for f in features]
+
+
 class MultiScaleRoIAlign(nn.Module):
     """forward(features of the pooled levels, boxes per image, image sizes) -> (K, C, ph, pw).
 
@@ -61,9 +67,7 @@ class MultiScaleRoIAlign(nn.Module):
         self.canonical_size, self.canonical_level = canonical_size, canonical_level
 
     def forward(self, features: list[Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]) -> Tensor:
-        # The largest image of the batch defines the scales (the padded area holds no boxes).
-        largest = (max(s[0] for s in image_sizes), max(s[1] for s in image_sizes))
-        scales = [infer_scale(f.shape[-2:], largest) for f in features]
+        scales = level_scales(features, image_sizes)
         rois = ops.boxes_to_rois([b for b in boxes], like=features[0])  # (K, 5)
         if len(features) == 1:
             return ops.roi_align(features[0], rois, self.output_size, scales[0], self.sampling_ratio, self.aligned)
