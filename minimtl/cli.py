@@ -143,9 +143,12 @@ def run_training(settings: dict, out: Path, device: str = "auto") -> dict:
     train_config = TrainConfig(**{**settings.get("train", {}), "output_dir": str(out), "device": device})
     metadata = {"model_config": asdict(model.config), "classes": classes, "settings": settings}
     start = time.perf_counter()
-    Trainer(model, train_set, train_config, metadata=metadata).train()
+    trainer = Trainer(model, train_set, train_config, metadata=metadata)
+    trainer.train()
     train_seconds = time.perf_counter() - start
-    report = {"train_seconds": train_seconds, "device": str(pick_device(device)), "settings": settings}
+    precision = f"mixed, {str(trainer.amp_dtype).removeprefix('torch.')}" if trainer.amp_dtype else "float32"
+    report = {"train_seconds": train_seconds, "device": str(pick_device(device)), "precision": precision}
+    report["settings"] = settings
     if test_set is not None:
         start = time.perf_counter()
         report["test"] = evaluate_model(model, test_set, out, classes, pick_device(device))
@@ -191,7 +194,7 @@ def cmd_demo(args) -> int:
     report = run_training(settings, out, args.device)
     test = report["test"]
     print(
-        f"\ntrained in {report['train_seconds'] / 60:.1f} min on {report['device']}; "
+        f"\ntrained in {report['train_seconds'] / 60:.1f} min on {report['device']} ({report['precision']} precision); "
         f"{report['test_images']} held-out images:"
     )
     print(_table(test))

@@ -2,13 +2,14 @@
 # The GPU check, in one call on a machine with a CUDA GPU (the lent H100/H200: torch, torchvision,
 # pytest and hypothesis preinstalled, no network). It
 #   1. builds minimtl._C with the CUDA kernels, in place, against the torch that is there;
-#   2. runs the kernel tests (the CUDA cases included: CUDA against CPU and the reference), then
-#      scripts/cuda_smoke.py (every CUDA kernel on awkward inputs) under compute-sanitizer's memcheck
+#   2. runs the kernel tests (the CUDA cases included: CUDA against CPU and the reference) and the
+#      model under CUDA autocast (bfloat16 and float16), then scripts/cuda_smoke.py (every CUDA kernel on awkward inputs) under compute-sanitizer's memcheck
 #      and racecheck, where the machine has compute-sanitizer;
 #   3. runs the op benchmark on the GPU against torchvision's CUDA ops (IoU, NMS, RoIAlign forward
 #      and forward + backward), and a Mask R-CNN training step against torchvision's;
 #   4. times the main job, `python -m minimtl demo`, on the GPU (target: under 3 minutes), when
-#      the machine has its dependencies (tqdm, matplotlib);
+#      the machine has its dependencies (tqdm, matplotlib): the short training run in mixed
+#      precision (the trainer's autocast, bfloat16 on Hopper), then the evaluation;
 # and prints a short table at the end. Logs and JSON go to $OUT (or ./gpu_check_out), and the table
 # also to $OUT/summary.md: paste it into docs/gpu-results.md. Budget: under 10 minutes.
 set -uo pipefail
@@ -32,7 +33,8 @@ fi
 t_build=$(( $(date +%s) - t0 ))
 
 echo "== kernel tests"
-"$PY" -m pytest tests/test_box_iou.py tests/test_nms.py tests/test_roi_align.py tests/test_build.py -q -p no:cacheprovider \
+"$PY" -m pytest tests/test_box_iou.py tests/test_nms.py tests/test_roi_align.py tests/test_build.py \
+  tests/test_multitask_model.py::test_mixed_precision_keeps_geometry_and_losses_in_full_precision -q -p no:cacheprovider \
   --junitxml="$OUT/tests.xml" >"$OUT/tests.log" 2>&1 || status=1
 tail -15 "$OUT/tests.log"
 SANITIZER=$(command -v compute-sanitizer || true)

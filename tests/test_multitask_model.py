@@ -4,6 +4,7 @@ semantic_head.py, minimtl/models/multitask.py), and the trainer's multi-task pat
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import requires_cuda
 
 from minimtl.data import ShapesDataset
 from minimtl.engine import TrainConfig, Trainer
@@ -130,6 +131,47 @@ def test_every_head_switches_on_and_off(heads, terms):
     assert (model.rpn is None) == (not model.config.detection)
     fpn_needed = model.config.detection or model.config.semantic_head == "fpn"
     assert (model.fpn is not None) == fpn_needed
+
+
+AUTOCAST = [
+    pytest.param("cpu", torch.bfloat16, id="cpu-bfloat16"),
+    pytest.param("cuda", torch.bfloat16, id="cuda-bfloat16", marks=[requires_cuda, pytest.mark.cuda]),
+    pytest.param("cuda", torch.float16, id="cuda-float16", marks=[requires_cuda, pytest.mark.cuda]),
+]
+
+
+@pytest.mark.parametrize("device, dtype", AUTOCAST)
+@pytest.mark.parametrize("heads", [dict(), dict(mask_features="hypercolumn", semantic_head="hypercolumn")],
+                         ids=["fpn", "hypercolumn"])  # fmt: skip
+def test_mixed_precision_keeps_geometry_and_losses_in_full_precision(device, dtype, heads):
+    # Under autocast the convolutions run in 16 bits; anchors, boxes and losses must not
+    # (minimtl/modeling/precision.py). Every head on: detection, masks, semantic.
+    torch.manual_seed(0)
+    model = MultiTaskRCNN(MultiTaskConfig(num_classes=4, masks=True, **SMALL, **heads)).to(device)
+    images, targets = shapes_batch()
+    images = [image.to(device) for image in images]
+    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    torch.manual_seed(1)
+    reference = model(images, targets)  # float32
+    torch.manual_seed(1)  # the same anchors sampled: which ones depends on the targets only
+    with torch.autocast(device, dtype=dtype):
+        losses = model(images, targets)
+    assert set(losses) == set(reference)
+    for name, value in losses.items():
+        assert value.dtype == torch.float32 and torch.isfinite(value), (name, value)
+    for name in ("loss_objectness", "loss_rpn_box_reg"):  # same anchors, same targets: close
+        torch.testing.assert_close(losses[name], reference[name], rtol=0.05, atol=1e-3)
+    model.zero_grad()
+    model.total_loss(losses).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 and g.isfinite().all() for g in grads)
+
+    model.eval()
+    with torch.no_grad(), torch.autocast(device, dtype=dtype):
+        outputs = model(images)
+    for out in outputs:
+        assert out["boxes"].dtype == out["scores"].dtype == out["masks"].dtype == torch.float32
+        assert out["semantic"].dtype == torch.int64 and out["semantic"].shape == (128, 128)
 
 
 def test_without_semantic_it_is_rcnn():

@@ -6,4 +6,5 @@ matcher.py    IoU matching                        sampler.py    balanced fg/bg s
 rpn.py        region proposal network             poolers.py    multi-scale RoIAlign (FPN eq. 1)
 roi_heads.py  Fast R-CNN box head                 mask_head.py  Mask R-CNN mask head, mask pasting
 transform.py  resize, normalise, batch; back to the original images
+precision.py  mixed precision: what may be 16-bit (features) and what may not (geometry, losses)
 """

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from minimtl import ops
 from minimtl.modeling.poolers import MultiScaleRoIAlign
+from minimtl.modeling.precision import full_precision
 
 
 class MaskConvs(nn.Module):
@@ -64,7 +65,7 @@ class MaskHead(nn.Module):
         self.pooler, self.convs, self.predictor = pooler, convs, predictor
 
     def logits(self, features: list[Tensor], boxes: list[Tensor], image_sizes) -> Tensor:
-        return self.predictor(self.convs(self.pooler(features, boxes, image_sizes)))  # (F, C, M, M)
+        return full_precision(self.predictor(self.convs(self.pooler(features, boxes, image_sizes))))  # (F, C, M, M)
 
     def losses(self, features, proposals, matched, labels, targets, image_sizes) -> dict[str, Tensor]:
         """BCE of the positive proposals' masks, on the ground-truth class's map."""

@@ -27,6 +27,7 @@ from minimtl.modeling.box_coder import BoxCoder
 from minimtl.modeling.mask_head import MaskHead
 from minimtl.modeling.matcher import Matcher
 from minimtl.modeling.poolers import MultiScaleRoIAlign
+from minimtl.modeling.precision import full_precision
 from minimtl.modeling.sampler import BalancedPositiveNegativeSampler
 
 
@@ -94,7 +95,7 @@ class RoIHeads(nn.Module):
                 raise ValueError("roi_heads: targets are needed in training mode")
             proposals, matched, labels = self.sample_proposals(proposals, targets)
         box_features = self.box_head(self.box_pooler(features, proposals, image_sizes))  # (K, D)
-        class_logits, deltas = self.box_predictor(box_features)  # (K, C), (K, 4C)
+        class_logits, deltas = map(full_precision, self.box_predictor(box_features))  # (K, C), (K, 4C)
 
         if self.training:
             losses = self.losses(class_logits, deltas, proposals, matched, labels, targets)

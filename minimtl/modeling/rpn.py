@@ -27,6 +27,7 @@ from minimtl.losses import giou_loss
 from minimtl.modeling.anchors import AnchorGenerator
 from minimtl.modeling.box_coder import BoxCoder
 from minimtl.modeling.matcher import Matcher
+from minimtl.modeling.precision import full_precision_dtype
 from minimtl.modeling.sampler import BalancedPositiveNegativeSampler
 
 
@@ -99,10 +100,11 @@ class RegionProposalNetwork(nn.Module):
         """
         objectness, deltas = self.head(features)
         shapes = [tuple(o.shape[-2:]) for o in objectness]
-        anchors = torch.cat(self.anchor_generator(batch_size, shapes, features[0].dtype, features[0].device))  # (R, 4)
+        dtype = full_precision_dtype(features[0].dtype)  # of the geometry: never 16-bit (precision.py)
+        anchors = torch.cat(self.anchor_generator(batch_size, shapes, dtype, features[0].device))  # (R, 4)
         anchors_per_level = [o.shape[1] * o.shape[2] * o.shape[3] for o in objectness]
-        objectness = torch.cat([flatten_anchor_outputs(o, 1) for o in objectness], dim=1)[..., 0]  # (N, R)
-        deltas = torch.cat([flatten_anchor_outputs(d, 4) for d in deltas], dim=1)  # (N, R, 4)
+        objectness = torch.cat([flatten_anchor_outputs(o, 1) for o in objectness], dim=1)[..., 0].to(dtype)  # (N, R)
+        deltas = torch.cat([flatten_anchor_outputs(d, 4) for d in deltas], dim=1).to(dtype)  # (N, R, 4)
         num_images = objectness.shape[0]
 
         proposals = self.box_coder.decode(deltas.detach().reshape(-1, 4), anchors.repeat(num_images, 1))

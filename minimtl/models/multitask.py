@@ -24,6 +24,7 @@ from torch import Tensor
 
 from minimtl.losses import MultiTaskLoss
 from minimtl.modeling.hypercolumn import HypercolumnHead, HypercolumnRoIPooler
+from minimtl.modeling.precision import full_precision
 from minimtl.modeling.semantic_head import SemanticFPNHead, semantic_loss, semantic_predictions
 from minimtl.models.rcnn import RCNN, RCNNConfig, check_targets
 
@@ -111,7 +112,7 @@ class MultiTaskRCNN(RCNN):
                 outputs = self.transform.postprocess(detections, image_sizes, original_sizes)
         if c.semantic:
             inputs = features[:4] if c.semantic_head == "fpn" else levels
-            logits = self.semantic_head(inputs)  # (N, S, Hb/4, Wb/4)
+            logits = full_precision(self.semantic_head(inputs))  # (N, S, Hb/4, Wb/4)
             batch_size = tuple(batch.shape[-2:])
             if self.training:
                 losses["loss_semantic"] = semantic_loss(logits, targets, batch_size)
