@@ -143,6 +143,20 @@ def test_empty_and_single(device):
             assert kept.dtype == torch.long and kept.device.type == device and kept.tolist() == list(range(n))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_inputs_are_left_unchanged(device, dtype):
+    # NaN scores are ranked last on a copy: the caller's scores keep their NaN
+    boxes, scores = random_boxes(200, dtype, device, size=100), torch.rand(200, device=device).to(dtype)
+    scores[::7], boxes[::11, 0] = math.nan, math.nan
+    idxs = torch.randint(0, 3, (200,), device=device)
+    before = [t.clone() for t in (boxes, scores, idxs)]
+    ops.nms(boxes, scores, 0.5)
+    ops.batched_nms(boxes, scores, idxs, 0.5)
+    for after, original in zip((boxes, scores, idxs), before, strict=True):
+        torch.testing.assert_close(after, original, rtol=0, atol=0, equal_nan=True)
+
+
 def test_non_contiguous():
     boxes = random_boxes(400, size=100).repeat(1, 2)[::2, 4:]  # (200, 4)
     scores = torch.rand(400)[::2]

@@ -108,8 +108,8 @@ __global__ void nms_gather_kernel(const unsigned long long* __restrict__ mask, i
 // Indices of the boxes by decreasing score. Ties keep index order; NaN ranks as -inf.
 at::Tensor order_by_score(const at::Tensor& scores) {
   const at::ScalarType compute = scores.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor key = scores.to(compute);  // exact for float16/bfloat16
-  key.masked_fill_(key.isnan(), -std::numeric_limits<double>::infinity());
+  const at::Tensor converted = scores.to(compute);  // exact for float16/bfloat16; `scores` itself if float32/64
+  const at::Tensor key = converted.masked_fill(converted.isnan(), -std::numeric_limits<double>::infinity());  // a copy
   return std::get<1>(at::sort(key, /*stable=*/true, /*dim=*/0, /*descending=*/true));
 }
 
