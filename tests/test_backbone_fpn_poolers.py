@@ -1,5 +1,7 @@
 """ResNet, FPN and multi-scale RoIAlign (minimtl/modeling/backbone.py, fpn.py, poolers.py)."""
 
+import importlib
+
 import pytest
 import torch
 from torch import nn
@@ -21,7 +23,7 @@ def test_resnet_returns_c2_to_c5(build, channels):
 
 
 def test_resnet_matches_torchvision():
-    tv = pytest.importorskip("torchvision.models")
+    tv = importlib.import_module("torchvision.models")
     for ours, theirs in [(resnet18(), tv.resnet18()), (resnet50(), tv.resnet50())]:
         state = {k: v for k, v in theirs.state_dict().items() if not k.startswith("fc.")}
         ours.load_state_dict(state, strict=True)  # same names, no conversion needed
@@ -63,7 +65,7 @@ def test_fpn_shapes_and_torchvision():
     outs = fpn(feats)
     assert [tuple(o.shape) for o in outs] == [(2, 16, 64, 48), (2, 16, 32, 24), (2, 16, 16, 12), (2, 16, 8, 6),
                                               (2, 16, 4, 3)]  # fmt: skip
-    tv = pytest.importorskip("torchvision.ops.feature_pyramid_network")
+    tv = importlib.import_module("torchvision.ops.feature_pyramid_network")
     theirs = tv.FeaturePyramidNetwork([8, 16, 32, 64], 16, extra_blocks=tv.LastLevelMaxPool())
     with torch.no_grad():
         for i in range(4):
@@ -91,7 +93,7 @@ def test_infer_scale():
 
 
 def test_multiscale_roi_align_matches_torchvision():
-    tv = pytest.importorskip("torchvision.ops")
+    tv = importlib.import_module("torchvision.ops")
     g = torch.Generator().manual_seed(0)
     features = [torch.randn(2, 4, 64 // 2**i, 80 // 2**i, generator=g) for i in range(4)]  # strides 4..32
     boxes = [

@@ -7,8 +7,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 
 def test_bench_ops_quick(tmp_path):
     out = tmp_path / "rows.json"
@@ -41,7 +39,6 @@ def test_bench_cuda_without_gpu_is_a_clear_refusal():
 
 
 def test_bench_train_runs():
-    pytest.importorskip("torchvision")
     result = subprocess.run(
         [sys.executable, "-m", "minimtl.bench", "train", "--runs", "1"], capture_output=True, text=True, timeout=600
     )

@@ -1,6 +1,7 @@
 """minimtl.evaluation: COCO AP/AR against pycocotools, hand-checkable cases, and semantic mIoU."""
 
 import contextlib
+import importlib
 import io
 
 import numpy as np
@@ -58,9 +59,9 @@ def random_scene(seed: int, num_images: int = 12, size=(96, 128)):
 
 
 def pycocotools_stats(predictions, targets, iou_type):
-    coco_mod = pytest.importorskip("pycocotools.coco")
-    cocoeval = pytest.importorskip("pycocotools.cocoeval")
-    mask_utils = pytest.importorskip("pycocotools.mask")
+    coco_mod = importlib.import_module("pycocotools.coco")
+    cocoeval = importlib.import_module("pycocotools.cocoeval")
+    mask_utils = importlib.import_module("pycocotools.mask")
 
     def xywh(boxes):
         b = boxes.double().numpy()
