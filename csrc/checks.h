@@ -69,7 +69,9 @@ inline void check_nms_inputs(const char* op, const at::Tensor& boxes, const at::
 }
 
 // rois[:, 0] must hold integer batch indices in [0, batch_size): anything else would read outside
-// the input. Computed with tensor ops, so it works on any device (on CUDA it synchronises once).
+// the input. Computed with tensor ops, so it works on any device. The CPU kernels call it first;
+// the CUDA kernels test each row themselves (a device-to-host round trip before every launch
+// would cost more than a small RoIAlign) and call it only to name the bad row.
 inline void check_batch_indices(const char* op, const at::Tensor& rois, int64_t batch_size) {
   if (rois.size(0) == 0) return;
   const at::Tensor index = rois.select(1, 0);
@@ -91,7 +93,7 @@ inline void check_output_size(const char* op, int64_t pooled_height, int64_t poo
               ", ", pooled_width, ")");
 }
 
-// Everything roi_align needs of its inputs.
+// Everything roi_align needs of its inputs' shapes and types (the batch indices: check_batch_indices).
 inline void check_roi_align_inputs(const char* op, const at::Tensor& input, const at::Tensor& rois,
                                    int64_t pooled_height, int64_t pooled_width) {
   TORCH_CHECK(input.dim() == 4, op, ": input must be a Tensor[N, C, H, W], got shape ", input.sizes());
@@ -100,10 +102,9 @@ inline void check_roi_align_inputs(const char* op, const at::Tensor& input, cons
   check_rois(op, rois);
   check_same_device(op, "input", input, "rois", rois);
   check_output_size(op, pooled_height, pooled_width);
-  check_batch_indices(op, rois, input.size(0));
 }
 
-// Everything _roi_align_backward needs of its inputs.
+// Everything _roi_align_backward needs of its inputs' shapes and types (as above).
 inline void check_roi_align_backward_inputs(const char* op, const at::Tensor& grad, const at::Tensor& rois,
                                             int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
                                             int64_t channels, int64_t height, int64_t width) {
@@ -117,7 +118,6 @@ inline void check_roi_align_backward_inputs(const char* op, const at::Tensor& gr
               op, ": grad must be a Tensor[K, C, ph, pw] = [", rois.size(0), ", ", channels, ", ", pooled_height, ", ",
               pooled_width, "], got shape ", grad.sizes());
   TORCH_CHECK(at::isFloatingType(grad.scalar_type()), op, ": grad must be floating point, got ", grad.scalar_type());
-  check_batch_indices(op, rois, batch_size);
 }
 
 }  // namespace minimtl

@@ -7,7 +7,10 @@
 # builds minimtl._C there with MINIMTL_WITH_CUDA=0 MINIMTL_SANITIZE=address,undefined (setup.py),
 # and runs the kernel tests and the fuzz pass (tests/test_fuzz.py with MINIMTL_FUZZ_EXAMPLES
 # examples per test, default 2000) against that build, with the sanitizer runtimes preloaded into
-# Python. Any report stops the run with a non-zero status. Your own build is left alone.
+# Python. The CUDA RoIAlign and IoU kernels run too, on the CPU (tests/test_cuda_emulation.py,
+# built with the same sanitizers): an index outside a tensor there is the bug compute-sanitizer's
+# memcheck would find on a GPU. Any report stops the run with a non-zero status. Your own build
+# is left alone.
 #
 # Environment: SANITIZE_DIR (the scratch folder; default a new temporary one),
 # MINIMTL_FUZZ_EXAMPLES (default 2000).
@@ -36,11 +39,12 @@ export LD_PRELOAD
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1:detect_odr_violation=0:verify_asan_link_order=0
 export UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1
 export MINIMTL_FUZZ_EXAMPLES=${MINIMTL_FUZZ_EXAMPLES:-2000}
+export MINIMTL_EMULATION_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 export PYTHONPATH="$WORK${PYTHONPATH:+:$PYTHONPATH}"
 
 "$PY" -c "import minimtl, sys; assert minimtl.__file__.startswith(sys.argv[1]), minimtl.__file__" "$WORK"
 # torch.compile's tests are left out: they exercise inductor's code generation (a C++ compiler run
 # under the preloaded sanitizers, minutes each), not minimtl's kernels, which the other tests call.
 "$PY" -m pytest -q -p no:cacheprovider tests/test_box_iou.py tests/test_nms.py tests/test_roi_align.py \
-  tests/test_fuzz.py -k "not torch_compile"
+  tests/test_fuzz.py tests/test_cuda_emulation.py -k "not torch_compile"
 echo "sanitize: no sanitizer reports ($(( $(date +%s) - start )) s)"

@@ -449,6 +449,28 @@ def test_cuda_backward_is_deterministic_in_deterministic_mode(dtype):
 
 @requires_cuda
 @pytest.mark.cuda
+def test_cuda_deterministic_backward_of_huge_float64_gradients():
+    # sum |grad| overflows float64 (the fixed point's scale then comes from max |grad|); each
+    # pixel's own total stays finite, and equals the CPU's.
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 2, 16, 16, generator=g, dtype=torch.float64)
+    rois = random_rois(200, 1, 16, generator=g).double()
+    grad = torch.randn(200, 2, 2, 2, generator=g, dtype=torch.float64) * 1e306
+    assert not torch.isfinite(grad.abs().sum())
+    xc = x.clone().requires_grad_()
+    ops.roi_align(xc, rois, 2, 1.0, 2, True).backward(grad)
+    torch.use_deterministic_algorithms(True)
+    try:
+        xg = x.cuda().requires_grad_()
+        ops.roi_align(xg, rois.cuda(), 2, 1.0, 2, True).backward(grad.cuda())
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert xc.grad.isfinite().all()
+    torch.testing.assert_close(xg.grad.cpu(), xc.grad, rtol=1e-6, atol=1e295)
+
+
+@requires_cuda
+@pytest.mark.cuda
 def test_cuda_deterministic_backward_propagates_nan_and_inf():
     x = torch.zeros(1, 1, 8, 8, device="cuda", requires_grad=True)
     rois = torch.tensor([[0, 0, 0, 3, 3.0], [0, 4, 4, 7, 7.0], [0, 4, 4, 7, 7.0]], device="cuda")

@@ -142,6 +142,7 @@ int64_t num_channel_blocks(int64_t channels) {
 at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
                                  int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio, bool aligned) {
   check_roi_align_inputs("roi_align", input, rois, pooled_height, pooled_width);
+  check_batch_indices("roi_align", rois, input.size(0));
   const int64_t num_rois = rois.size(0), channels = input.size(1), height = input.size(2), width = input.size(3);
   at::Tensor out = at::empty({num_rois, channels, pooled_height, pooled_width}, input.options());  // (K, C, ph, pw)
   if (out.numel() == 0) return out;
@@ -176,6 +177,7 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
                                   int64_t height, int64_t width, int64_t sampling_ratio, bool aligned) {
   check_roi_align_backward_inputs("_roi_align_backward", grad, rois, pooled_height, pooled_width, batch_size, channels,
                                   height, width);
+  check_batch_indices("_roi_align_backward", rois, batch_size);
   // grad_input, zeroed, as (N, C, H, W) with channels-last strides.
   const auto zeros = [&](at::ScalarType dtype) {
     return at::empty({batch_size, channels, height, width}, grad.options().dtype(dtype), at::MemoryFormat::ChannelsLast)

@@ -11,15 +11,13 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
 
 #include "../box_math.h"
 #include "../checks.h"
+#include "launch.cuh"
 
 namespace minimtl {
 namespace {
@@ -66,7 +64,7 @@ at::Tensor pairwise_cuda(const char* op, const at::Tensor& boxes1, const at::Ten
                   std::min<int64_t>((n + kRowsPerBlock - 1) / kRowsPerBlock, kMaxRowBlocks));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "box_iou_cuda", [&] {
     using T = at::opmath_type<scalar_t>;  // float for float16/bfloat16/float32, double for float64
-    pairwise_kernel<scalar_t, T, generalized><<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    MINIMTL_LAUNCH(grid, block, c10::cuda::getCurrentCUDAStream(), pairwise_kernel<scalar_t, T, generalized>)(
         a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), n, m, out.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -83,9 +81,11 @@ at::Tensor generalized_box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& 
 
 }  // namespace
 
+#ifndef MINIMTL_CUDA_EMULATION  // (the emulation registers these functions as CPU ops of its own)
 TORCH_LIBRARY_IMPL(minimtl, CUDA, m) {
   m.impl("box_iou", &box_iou_cuda);
   m.impl("generalized_box_iou", &generalized_box_iou_cuda);
 }
+#endif
 
 }  // namespace minimtl

@@ -18,6 +18,14 @@
 // infinite contribution has no fixed-point value: the pixel records it in a flag (atomicOr) and
 // the finishing kernel applies IEEE's rules (any NaN, or +inf with -inf, gives NaN; else the inf).
 // float16 and bfloat16 are computed in float32, and their gradient is accumulated in float32.
+//
+// Bad batch indices: every thread tests rois[k, 0] itself (valid_batch_index) and a RoI that fails
+// reads and writes nothing, so no input makes a kernel touch memory outside its tensors. The
+// forward also raises a flag that the host reads once the kernel is done, and then reports the
+// first bad row (checks.h): checking before the launch would cost a device-to-host round trip plus
+// a handful of small kernels on every call. The backward trusts the RoIs its forward checked.
+// Indices: 32-bit when every index fits (integer division, which unravel needs, is several times
+// cheaper in 32 bits on a GPU), else 64-bit.
 
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
@@ -25,18 +33,14 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
-
-#include <math_constants.h>
 
 #include <algorithm>
 #include <cmath>
 
 #include "../checks.h"
 #include "../roi_align_math.h"
+#include "launch.cuh"
 
 namespace minimtl {
 namespace {
@@ -46,29 +50,55 @@ constexpr int64_t kMaxBlocks = 65535 * 8;  // the rest is a grid-stride loop
 
 int64_t num_blocks(int64_t n) { return std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxBlocks); }
 
+// Calls f(index_t{}) with index_t = int32_t when every index of a kernel over `total` elements of
+// output and `input_numel` of input fits in 32 bits (the grid-stride step included), else int64_t.
+#ifndef MINIMTL_INT32_INDEX_LIMIT
+#define MINIMTL_INT32_INDEX_LIMIT (int64_t{1} << 30)  // + the largest grid-stride step (2^27) < 2^31
+#endif
+template <typename F>
+void with_index_type(int64_t total, int64_t input_numel, F&& f) {
+  if (total <= MINIMTL_INT32_INDEX_LIMIT && input_numel <= MINIMTL_INT32_INDEX_LIMIT) {
+    f(int32_t{});
+  } else {
+    f(int64_t{});
+  }
+}
+
 // Which output element a thread owns: index -> (k, c, p, q), q fastest.
 struct OutputIndex {
   int64_t k, c, p, q;
 };
 
-__device__ __forceinline__ OutputIndex unravel(int64_t index, int64_t channels, int64_t ph, int64_t pw) {
-  OutputIndex o;
-  o.q = index % pw;
-  o.p = (index / pw) % ph;
-  o.c = (index / pw / ph) % channels;
-  o.k = index / pw / ph / channels;
-  return o;
+template <typename index_t>
+__device__ __forceinline__ OutputIndex unravel(index_t index, index_t channels, index_t ph, index_t pw) {
+  const index_t q = index % pw;
+  index /= pw;
+  const index_t p = index % ph;
+  index /= ph;
+  const index_t c = index % channels;
+  return {index / channels, c, p, q};
 }
 
-template <typename scalar_t, typename T>
-__global__ void roi_align_forward_kernel(const scalar_t* __restrict__ input, const T* __restrict__ rois, int64_t total,
-                                         int64_t channels, int64_t height, int64_t width, int64_t ph, int64_t pw,
-                                         T spatial_scale, int64_t sampling_ratio, bool aligned,
-                                         scalar_t* __restrict__ out) {
-  for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < total;
-       index += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+// rois[k, 0] names an image of the batch: an integer in [0, batch_size). NaN fails every test.
+template <typename T>
+__device__ __forceinline__ bool valid_batch_index(T b, int64_t batch_size) {
+  return b >= T(0) && b < static_cast<T>(batch_size) && b == floor(b);
+}
+
+template <typename scalar_t, typename T, typename index_t>
+__global__ void roi_align_forward_kernel(const scalar_t* __restrict__ input, const T* __restrict__ rois, index_t total,
+                                         int64_t batch_size, index_t channels, int64_t height, int64_t width,
+                                         index_t ph, index_t pw, T spatial_scale, int64_t sampling_ratio, bool aligned,
+                                         scalar_t* __restrict__ out, int* __restrict__ bad_index) {
+  const index_t stride = static_cast<index_t>(gridDim.x * blockDim.x);
+  for (index_t index = static_cast<index_t>(blockIdx.x * blockDim.x + threadIdx.x); index < total; index += stride) {
     const OutputIndex o = unravel(index, channels, ph, pw);
     const T* roi = rois + 5 * o.k;
+    if (!valid_batch_index(roi[0], batch_size)) {
+      out[index] = static_cast<scalar_t>(T(0));
+      *bad_index = 1;  // every writer writes 1: no race on the value
+      continue;
+    }
     const RoIGeometry<T> g = roi_geometry(roi[1], roi[2], roi[3], roi[4], spatial_scale, ph, pw, sampling_ratio, aligned);
     const scalar_t* map = input + (static_cast<int64_t>(roi[0]) * channels + o.c) * height * width;  // (H, W)
 
@@ -117,14 +147,16 @@ struct FixedPointAdd {
 
 // Thread (k, c, p, q) hands grad[k, c, p, q] / count back to the taps of its bin's samples, each
 // weighted as in the forward; `add` puts each product into the gradient.
-template <typename scalar_t, typename T, typename Add>
-__global__ void roi_align_backward_kernel(const scalar_t* __restrict__ grad, const T* __restrict__ rois, int64_t total,
-                                          int64_t channels, int64_t height, int64_t width, int64_t ph, int64_t pw,
-                                          T spatial_scale, int64_t sampling_ratio, bool aligned, Add add) {
-  for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < total;
-       index += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+template <typename scalar_t, typename T, typename index_t, typename Add>
+__global__ void roi_align_backward_kernel(const scalar_t* __restrict__ grad, const T* __restrict__ rois, index_t total,
+                                          int64_t batch_size, index_t channels, int64_t height, int64_t width,
+                                          index_t ph, index_t pw, T spatial_scale, int64_t sampling_ratio, bool aligned,
+                                          Add add) {
+  const index_t stride = static_cast<index_t>(gridDim.x * blockDim.x);
+  for (index_t index = static_cast<index_t>(blockIdx.x * blockDim.x + threadIdx.x); index < total; index += stride) {
     const OutputIndex o = unravel(index, channels, ph, pw);
     const T* roi = rois + 5 * o.k;
+    if (!valid_batch_index(roi[0], batch_size)) continue;  // memory safety only: the forward reported it
     const RoIGeometry<T> g = roi_geometry(roi[1], roi[2], roi[3], roi[4], spatial_scale, ph, pw, sampling_ratio, aligned);
     const int64_t plane = (static_cast<int64_t>(roi[0]) * channels + o.c) * height * width;  // (H, W) from here
     const T share = static_cast<T>(grad[index]) / g.count;  // what each sample received
@@ -166,18 +198,26 @@ __global__ void fixed_to_float_kernel(const unsigned long long* __restrict__ acc
 // The deterministic backward: same result as the float path up to its rounding, the same bits on
 // every run. Costs two reductions over grad (with a device-to-host copy) and an int64 buffer.
 template <typename scalar_t>
-at::Tensor roi_align_backward_deterministic(const at::Tensor& grad_c, const at::Tensor& rois, double spatial_scale,
+at::Tensor roi_align_backward_deterministic(const at::Tensor& grad_c, const at::Tensor& rois_t, double spatial_scale,
                                             int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
                                             int64_t channels, int64_t height, int64_t width, int64_t sampling_ratio,
                                             bool aligned) {
   using T = at::opmath_type<scalar_t>;
   const at::Tensor g64 = grad_c.to(at::kDouble);
   const bool all_finite = g64.isfinite().all().item<bool>();
-  const double bound = g64.abs().nan_to_num(0.0, 0.0, 0.0).sum().item<double>();  // B
+  const at::Tensor finite_abs = g64.abs().nan_to_num(0.0, 0.0, 0.0);
+  const double bound = finite_abs.sum().item<double>();  // B
   at::Tensor out = at::zeros({batch_size, channels, height, width}, grad_c.options());
   if (bound == 0.0 && all_finite) return out;
   int exponent = 0;
-  std::frexp(bound, &exponent);  // B < 2^exponent
+  if (std::isfinite(bound)) {
+    std::frexp(bound, &exponent);  // B < 2^exponent
+  } else {  // float64 gradients near the largest double overflow the sum: B <= numel * max|grad|
+    std::frexp(finite_abs.max().item<double>(), &exponent);
+    int numel_bits = 0;
+    std::frexp(static_cast<double>(grad_c.numel()), &numel_bits);  // numel < 2^numel_bits
+    exponent += numel_bits;
+  }
   const int scale_exp = 62 - exponent;  // B * 2^S < 2^62
   const int64_t total = out.numel();
   at::Tensor acc = at::zeros({total}, grad_c.options().dtype(at::kLong));
@@ -185,15 +225,18 @@ at::Tensor roi_align_backward_deterministic(const at::Tensor& grad_c, const at::
   if (!all_finite) flags = at::zeros({total}, grad_c.options().dtype(at::kInt));
   int* flags_ptr = all_finite ? nullptr : flags.data_ptr<int>();
   auto* acc_ptr = reinterpret_cast<unsigned long long*>(acc.data_ptr<int64_t>());
-  const at::Tensor rois_t = rois.to(c10::CppTypeToScalarType<T>::value).contiguous();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  roi_align_backward_kernel<scalar_t, T><<<num_blocks(grad_c.numel()), kThreads, 0, stream>>>(
-      grad_c.data_ptr<scalar_t>(), rois_t.data_ptr<T>(), grad_c.numel(), channels, height, width, pooled_height,
-      pooled_width, static_cast<T>(spatial_scale), sampling_ratio, aligned,
-      FixedPointAdd{acc_ptr, flags_ptr, scale_exp});
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  fixed_to_float_kernel<scalar_t, T>
-      <<<num_blocks(total), kThreads, 0, stream>>>(acc_ptr, flags_ptr, total, scale_exp, out.data_ptr<scalar_t>());
+  with_index_type(grad_c.numel(), total, [&](auto zero) {
+    using index_t = decltype(zero);
+    MINIMTL_LAUNCH(num_blocks(grad_c.numel()), kThreads, stream, roi_align_backward_kernel<scalar_t, T, index_t>)(
+        grad_c.data_ptr<scalar_t>(), rois_t.data_ptr<T>(), static_cast<index_t>(grad_c.numel()), batch_size,
+        static_cast<index_t>(channels), height, width, static_cast<index_t>(pooled_height),
+        static_cast<index_t>(pooled_width), static_cast<T>(spatial_scale), sampling_ratio, aligned,
+        FixedPointAdd{acc_ptr, flags_ptr, scale_exp});
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  MINIMTL_LAUNCH(num_blocks(total), kThreads, stream, fixed_to_float_kernel<scalar_t, T>)(
+      acc_ptr, flags_ptr, total, scale_exp, out.data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
@@ -202,20 +245,35 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& roi
                                   int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio, bool aligned) {
   check_roi_align_inputs("roi_align", input, rois, pooled_height, pooled_width);
   c10::cuda::CUDAGuard guard(input.device());
-  const int64_t num_rois = rois.size(0), channels = input.size(1), height = input.size(2), width = input.size(3);
+  const int64_t batch_size = input.size(0), num_rois = rois.size(0), channels = input.size(1);
+  const int64_t height = input.size(2), width = input.size(3);
   at::Tensor out = at::empty({num_rois, channels, pooled_height, pooled_width}, input.options());  // (K, C, ph, pw)
-  if (out.numel() == 0) return out;
-  if (height == 0 || width == 0) return out.zero_();  // an empty map: every sample is off it
+  if (out.numel() == 0 || height == 0 || width == 0) {  // no kernel to test the indices: test them here
+    check_batch_indices("roi_align", rois, batch_size);
+    return out.zero_();  // an empty map: every sample is off it
+  }
 
   const at::Tensor map = input.contiguous();  // (N, C, H, W)
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  at::Tensor bad_index = at::empty({1}, input.options().dtype(at::kInt));  // set by a RoI whose index is bad
+  C10_CUDA_CHECK(cudaMemsetAsync(bad_index.data_ptr<int>(), 0, sizeof(int), stream));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
     const at::Tensor rois_t = rois.to(c10::CppTypeToScalarType<T>::value).contiguous();
-    roi_align_forward_kernel<scalar_t, T><<<num_blocks(out.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        map.data_ptr<scalar_t>(), rois_t.data_ptr<T>(), out.numel(), channels, height, width, pooled_height,
-        pooled_width, static_cast<T>(spatial_scale), sampling_ratio, aligned, out.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    with_index_type(out.numel(), map.numel(), [&](auto zero) {
+      using index_t = decltype(zero);
+      MINIMTL_LAUNCH(num_blocks(out.numel()), kThreads, stream, roi_align_forward_kernel<scalar_t, T, index_t>)(
+          map.data_ptr<scalar_t>(), rois_t.data_ptr<T>(), static_cast<index_t>(out.numel()), batch_size,
+          static_cast<index_t>(channels), height, width, static_cast<index_t>(pooled_height),
+          static_cast<index_t>(pooled_width), static_cast<T>(spatial_scale), sampling_ratio, aligned,
+          out.data_ptr<scalar_t>(), bad_index.data_ptr<int>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
+  int any_bad = 0;  // waits for the kernel; a caller that uses `out` waits for it anyway
+  C10_CUDA_CHECK(cudaMemcpyAsync(&any_bad, bad_index.data_ptr<int>(), sizeof(int), cudaMemcpyDeviceToHost, stream));
+  C10_CUDA_CHECK(cudaStreamSynchronize(stream));
+  if (any_bad) check_batch_indices("roi_align", rois, batch_size);  // raises, naming the first bad row
   return out;
 }
 
@@ -230,24 +288,30 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
     return at::zeros({batch_size, channels, height, width}, grad.options());
   }
 
+  const int64_t input_numel = batch_size * channels * height * width;
+  const at::Tensor grad_c = grad.contiguous();
   at::Tensor grad_input;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
+    const at::Tensor rois_t = rois.to(c10::CppTypeToScalarType<T>::value).contiguous();
     if (at::globalContext().deterministicAlgorithms()) {
-      grad_input = roi_align_backward_deterministic<scalar_t>(grad.contiguous(), rois, spatial_scale, pooled_height,
+      grad_input = roi_align_backward_deterministic<scalar_t>(grad_c, rois_t, spatial_scale, pooled_height,
                                                               pooled_width, batch_size, channels, height, width,
                                                               sampling_ratio, aligned);
       return;
     }
     // Accumulate in T (float32 for float16/bfloat16 gradients), convert at the end.
     at::Tensor acc = at::zeros({batch_size, channels, height, width}, grad.options().dtype(c10::CppTypeToScalarType<T>::value));
-    const at::Tensor rois_t = rois.to(c10::CppTypeToScalarType<T>::value).contiguous();
-    const at::Tensor grad_c = grad.contiguous();
-    roi_align_backward_kernel<scalar_t, T>
-        <<<num_blocks(grad_c.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-            grad_c.data_ptr<scalar_t>(), rois_t.data_ptr<T>(), grad_c.numel(), channels, height, width, pooled_height,
-            pooled_width, static_cast<T>(spatial_scale), sampling_ratio, aligned, FloatAdd<T>{acc.data_ptr<T>()});
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    with_index_type(grad_c.numel(), input_numel, [&](auto zero) {
+      using index_t = decltype(zero);
+      MINIMTL_LAUNCH(num_blocks(grad_c.numel()), kThreads, c10::cuda::getCurrentCUDAStream(),
+                     roi_align_backward_kernel<scalar_t, T, index_t>)(
+              grad_c.data_ptr<scalar_t>(), rois_t.data_ptr<T>(), static_cast<index_t>(grad_c.numel()), batch_size,
+              static_cast<index_t>(channels), height, width, static_cast<index_t>(pooled_height),
+              static_cast<index_t>(pooled_width), static_cast<T>(spatial_scale), sampling_ratio, aligned,
+              FloatAdd<T>{acc.data_ptr<T>()});
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
     grad_input = acc.to(grad.scalar_type());
   });
   return grad_input;
@@ -255,9 +319,11 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
 
 }  // namespace
 
+#ifndef MINIMTL_CUDA_EMULATION  // (the emulation registers these functions as CPU ops of its own)
 TORCH_LIBRARY_IMPL(minimtl, CUDA, m) {
   m.impl("roi_align", &roi_align_forward_cuda);
   m.impl("_roi_align_backward", &roi_align_backward_cuda);
 }
+#endif
 
 }  // namespace minimtl

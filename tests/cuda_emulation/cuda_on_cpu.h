@@ -1,0 +1,119 @@
+// Just enough of CUDA to run a kernel file's kernels and host code on the CPU, for tests on
+// machines without a GPU (tests/test_cuda_emulation.py). Include it, then the .cu file, with
+// MINIMTL_CUDA_EMULATION defined (csrc/cuda/launch.cuh).
+//
+// A launch runs every thread of every block one after another, so the emulation is exact for
+// kernels whose threads never wait for each other (no __shared__, no __syncthreads): each thread's
+// arithmetic, indexing and memory accesses are the real ones, and atomics are plain read-modify-
+// writes. Tensors live in CPU memory, so a stray index is caught by AddressSanitizer
+// (scripts/sanitize.sh) instead of compute-sanitizer. What it cannot show: races, the order of
+// a GPU's atomic additions, and speed.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#ifndef MINIMTL_CUDA_EMULATION
+#error "define MINIMTL_CUDA_EMULATION before including cuda_on_cpu.h"
+#endif
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define CUDART_NAN NAN
+#define CUDART_INF INFINITY
+
+// Device math the kernels call unqualified, as CUDA's headers declare it.
+using std::ceil;
+using std::floor;
+using std::isfinite;
+using std::isnan;
+using std::ldexp;
+inline long long __double2ll_rn(double x) { return std::llrint(x); }  // round to nearest, ties to even
+
+namespace minimtl_emulation {
+
+struct Dim3 {
+  unsigned x, y, z;
+  Dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+inline Dim3 threadIdx, blockIdx, blockDim, gridDim;  // the running thread's coordinates
+
+// MINIMTL_INT32_INDEX_LIMIT (roi_align.cu): lowered by a test to take the 64-bit index path.
+inline int64_t int32_index_limit = int64_t{1} << 30;
+
+template <typename Kernel>
+struct Launch {
+  Dim3 grid, block;
+  Kernel kernel;
+  template <typename... Args>
+  void operator()(Args... args) const {
+    gridDim = grid;
+    blockDim = block;
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx)
+        for (unsigned ty = 0; ty < block.y; ++ty)
+          for (unsigned tx = 0; tx < block.x; ++tx) {
+            blockIdx = Dim3(bx, by, 0);
+            threadIdx = Dim3(tx, ty, 0);
+            kernel(args...);
+          }
+  }
+};
+
+inline Dim3 dims(int64_t x) { return Dim3(static_cast<unsigned>(x)); }
+inline Dim3 dims(Dim3 d) { return d; }
+
+template <typename Kernel>
+Launch<Kernel> launch(Dim3 grid, Dim3 block, void* /*stream*/, Kernel kernel) {
+  return {grid, block, kernel};
+}
+
+}  // namespace minimtl_emulation
+
+using minimtl_emulation::blockDim;
+using minimtl_emulation::blockIdx;
+using minimtl_emulation::gridDim;
+using minimtl_emulation::threadIdx;
+using dim3 = minimtl_emulation::Dim3;
+
+// The kernel is called through a generic lambda, so that its remaining template arguments are
+// deduced from the call's arguments, as in a real launch.
+#define MINIMTL_LAUNCH(blocks, threads, stream, ...)                                                       \
+  ::minimtl_emulation::launch(::minimtl_emulation::dims(blocks), ::minimtl_emulation::dims(threads), stream, \
+                              [&](auto... args) { __VA_ARGS__(args...); })
+#define MINIMTL_INT32_INDEX_LIMIT (::minimtl_emulation::int32_index_limit)
+
+template <typename T>
+T atomicAdd(T* address, T value) {
+  const T old = *address;
+  *address = old + value;  // unsigned long long wraps modulo 2^64, as on the GPU
+  return old;
+}
+inline int atomicOr(int* address, int value) {
+  const int old = *address;
+  *address = old | value;
+  return old;
+}
+
+// The host API, for CPU memory and a stream that is always idle.
+using cudaStream_t = void*;
+enum cudaMemcpyKind { cudaMemcpyDeviceToHost };
+inline int cudaMemsetAsync(void* p, int value, size_t n, cudaStream_t) { return std::memset(p, value, n), 0; }
+inline int cudaMemcpyAsync(void* to, const void* from, size_t n, cudaMemcpyKind, cudaStream_t) {
+  return std::memcpy(to, from, n), 0;
+}
+inline int cudaStreamSynchronize(cudaStream_t) { return 0; }
+#define C10_CUDA_CHECK(call) TORCH_CHECK((call) == 0, #call " failed")
+#define C10_CUDA_KERNEL_LAUNCH_CHECK()
+
+namespace c10::cuda {
+struct CUDAGuard {
+  explicit CUDAGuard(c10::Device) {}
+};
+inline cudaStream_t getCurrentCUDAStream() { return nullptr; }
+}  // namespace c10::cuda

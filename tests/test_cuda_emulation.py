@@ -1,0 +1,222 @@
+"""The CUDA RoIAlign and IoU/GIoU, run on the CPU (tests/cuda_emulation/): the kernel files
+csrc/cuda/roi_align.cu and box_iou.cu, host code and kernels, compiled for the CPU, every thread of
+every launch run one after another. So the CUDA kernels' indexing (32- and 64-bit), their guards
+against bad input and the deterministic backward's fixed-point sums are tested on machines
+without a GPU, against the CPU kernels. Not tested here: races and speed (scripts/gpu_check.sh,
+on a GPU, runs the real kernels under compute-sanitizer)."""
+
+import contextlib
+import hashlib
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given
+from strategies import as_boxes, box_lists
+from test_roi_align import F32, F64, case_tensors, random_rois, roi_align_cases
+from torch.utils import cpp_extension
+
+from minimtl import ops
+from minimtl._source_hash import source_hash
+
+ROOT = Path(__file__).resolve().parent.parent
+EMULATION = Path(__file__).resolve().parent / "cuda_emulation"
+
+
+@pytest.fixture(scope="module")
+def emulated():
+    """torch.ops.minimtl_emulated, built once per change of the sources (about a minute)."""
+    extra = os.environ.get("MINIMTL_EMULATION_CFLAGS", "").split()  # scripts/sanitize.sh adds -fsanitize
+    digest = hashlib.sha256(source_hash(ROOT / "csrc").encode())
+    for path in sorted(EMULATION.iterdir()):
+        digest.update(path.read_bytes())
+    digest.update(" ".join(extra).encode())
+    name = f"minimtl_cuda_emulation_{digest.hexdigest()[:12]}"
+    cpp_extension.load(
+        name=name,
+        sources=[str(EMULATION / "ops.cpp")],
+        extra_include_paths=[str(ROOT / "csrc"), str(EMULATION)],
+        extra_cflags=["-O2", *extra],
+        extra_ldflags=extra,
+        is_python_module=False,
+    )
+    return torch.ops.minimtl_emulated
+
+
+# Each RoIAlign test runs with the kernels' 32-bit indices, then with their 64-bit ones.
+INDEX_BITS = pytest.mark.parametrize("index_bits", [32, 64], ids=["int32-index", "int64-index"])
+
+
+@contextlib.contextmanager
+def index_type(emulated, bits):
+    emulated.set_int32_index_limit(1 << 30 if bits == 32 else 0)
+    try:
+        yield
+    finally:
+        emulated.set_int32_index_limit(1 << 30)
+
+
+def deterministic(fn, *args):
+    torch.use_deterministic_algorithms(True)
+    try:
+        return fn(*args)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+# --- IoU / GIoU --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("name", ["box_iou", "generalized_box_iou"])
+@given(boxes1=box_lists(max_size=40, special=True), boxes2=box_lists(max_size=40, special=True))
+def test_pairwise_matches_cpu(emulated, name, dtype, boxes1, boxes2):
+    a, b = as_boxes(boxes1, dtype), as_boxes(boxes2, dtype)
+    torch.testing.assert_close(getattr(emulated, name)(a, b), getattr(ops, name)(a, b), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["box_iou", "generalized_box_iou"])
+def test_pairwise_grid_stride(emulated, name):
+    # more rows than one grid covers (8192 blocks of 4 rows) and columns not a multiple of 128
+    g = torch.Generator().manual_seed(3)
+    a = torch.rand(33_000, 2, generator=g) * 100
+    a = torch.cat([a, a + torch.rand(33_000, 2, generator=g) * 20], dim=1)
+    b = a[torch.randperm(33_000, generator=g)[:130]]
+    torch.testing.assert_close(getattr(emulated, name)(a, b), getattr(ops, name)(a, b), atol=0, rtol=0)
+
+
+# --- RoIAlign forward --------------------------------------------------------------------------
+
+
+@INDEX_BITS
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, F64), (torch.float32, F32)], ids=["float64", "float32"])
+@given(case=roi_align_cases(special=True))
+def test_roi_align_matches_cpu(emulated, index_bits, dtype, tol, case):
+    x, rois, args = case_tensors(case, dtype)
+    output_size, spatial_scale, sampling_ratio, aligned = args
+    expected = ops.roi_align(x, rois, *args)
+    with index_type(emulated, index_bits):
+        out = emulated.roi_align(x, rois, spatial_scale, *output_size, sampling_ratio, aligned)
+    torch.testing.assert_close(out, expected, **tol)
+
+
+def test_roi_align_half_precision_and_channels_last(emulated):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 5, 12, 12, generator=g).contiguous(memory_format=torch.channels_last)
+    rois = random_rois(30, 2, 12, generator=g)
+    for dtype, tol in [(torch.float16, 1e-3), (torch.bfloat16, 1e-2), (torch.float32, 1e-5)]:
+        out = emulated.roi_align(x.to(dtype), rois, 1.0, 3, 4, -1, True)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out, ops.roi_align(x.to(dtype), rois, (3, 4), 1.0, -1, True), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("index, shown", [(-1.0, "-1"), (2.0, "2"), (0.5, "0.5"), (math.nan, "nan"), (math.inf, "inf")])
+def test_roi_align_bad_batch_index_is_an_error(emulated, index, shown):
+    # The kernel tests the index itself and raises a flag; the host then names the row.
+    x = torch.randn(2, 3, 8, 8)
+    rois = torch.tensor([[0, 1, 1, 4, 4], [index, 1, 1, 4, 4]])
+    message = rf"roi_align: rois\[:, 0\] must hold integer batch indices in \[0, 2\), got {shown} in row 1"
+    with pytest.raises(RuntimeError, match=message):
+        emulated.roi_align(x, rois, 1.0, 2, 2, 2, True)
+    with pytest.raises(RuntimeError, match=message):  # no kernel runs without channels: checked before
+        emulated.roi_align(x[:, :0], rois, 1.0, 2, 2, 2, True)
+
+
+@INDEX_BITS
+def test_roi_align_hostile_boxes(emulated, index_bits):
+    # NaN/inf/huge coordinates with every sampling mode: finite output, equal to the CPU's.
+    g = torch.Generator().manual_seed(0)
+    specials = torch.tensor([math.nan, math.inf, -math.inf, 1e30, -1e30, 1e6, -1e6, 0.0])
+    x = torch.randn(2, 4, 25, 25, generator=g)
+    rois = torch.rand(400, 5, generator=g) * 200
+    rois[:, 3:] += rois[:, 1:3]
+    rois[:, 0] = torch.randint(0, 2, (400,), generator=g)
+    mask = torch.rand(400, 4, generator=g) < 0.3
+    rois[:, 1:][mask] = specials[torch.randint(0, len(specials), (int(mask.sum()),), generator=g)]
+    for sampling_ratio in (-1, 0, 2):
+        for aligned in (False, True):
+            with index_type(emulated, index_bits):
+                out = emulated.roi_align(x, rois, 1 / 8, 7, 7, sampling_ratio, aligned)
+            assert out.isfinite().all()
+            torch.testing.assert_close(out, ops.roi_align(x, rois, 7, 1 / 8, sampling_ratio, aligned), **F32)
+
+
+# --- RoIAlign backward -------------------------------------------------------------------------
+
+
+def backward_args(case, dtype):
+    x, rois, (output_size, spatial_scale, sampling_ratio, aligned) = case_tensors(case, dtype)
+    grad = torch.randn(len(rois), x.shape[1], *output_size, generator=torch.Generator().manual_seed(case["seed"]))
+    return (grad.to(dtype), rois, spatial_scale, *output_size, *x.shape, sampling_ratio, aligned)
+
+
+@INDEX_BITS
+@pytest.mark.parametrize("mode", ["atomic", "deterministic"])
+@given(case=roi_align_cases(special=True))
+def test_roi_align_backward_matches_cpu(emulated, index_bits, mode, case):
+    args = backward_args(case, torch.float64)
+    expected = torch.ops.minimtl._roi_align_backward(*args)
+    with index_type(emulated, index_bits):
+        if mode == "atomic":
+            grad_input = emulated._roi_align_backward(*args)
+        else:
+            grad_input = deterministic(emulated._roi_align_backward, *args)
+    # The fixed point rounds each contribution to 2^-S with B * 2^S < 2^62 (B = sum |grad|).
+    bound = args[0].abs().sum().item() * 2.0**-50
+    torch.testing.assert_close(grad_input, expected, atol=bound if mode == "deterministic" else 1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_deterministic_backward_keeps_small_values_beside_large_ones(emulated, dtype):
+    g = torch.Generator().manual_seed(5)
+    rois = random_rois(300, 2, 24, generator=g)
+    grad = torch.randn(300, 4, 7, 7, generator=g)
+    grad[0, 0, 0, 0] = 1e4
+    args = (grad.to(dtype), rois, 1.0, 7, 7, 2, 4, 24, 24, 2, True)
+    grad_input = deterministic(emulated._roi_align_backward, *args)
+    assert grad_input.dtype == dtype and grad_input.shape == (2, 4, 24, 24)
+    expected = torch.ops.minimtl._roi_align_backward(grad.double(), rois.double(), *args[2:])
+    tol = {torch.float64: 1e-10, torch.float32: 1e-3, torch.float16: 5e-2, torch.bfloat16: 5e-2}[dtype]
+    torch.testing.assert_close(grad_input.double(), expected, atol=tol, rtol=tol)
+
+
+def test_deterministic_backward_propagates_nan_and_inf(emulated):
+    rois = torch.tensor([[0, 0, 0, 3, 3.0], [0, 4, 4, 7, 7.0], [0, 4, 4, 7, 7.0], [0, 0, 4, 3, 7.0], [0, 0, 4, 3, 7.0]])
+    grad = torch.tensor([math.nan, math.inf, 1.0, math.inf, -math.inf]).reshape(5, 1, 1, 1)
+    args = (grad, rois, 1.0, 1, 1, 1, 1, 8, 8, 2, True)
+    grad_input = deterministic(emulated._roi_align_backward, *args)[0, 0]
+    expected = torch.ops.minimtl._roi_align_backward(*args)[0, 0]  # IEEE's rules, as the CPU sums
+    torch.testing.assert_close(grad_input, expected, equal_nan=True, atol=0, rtol=0)
+    assert grad_input[:3, :3].isnan().any() and (grad_input[4:7, 4:7] == math.inf).any()
+    assert grad_input[4:7, :3].isnan().any()  # +inf and -inf on one pixel
+    assert (grad_input[:, 7] == 0).all()  # untouched pixels stay 0
+
+
+def test_deterministic_backward_of_huge_float64_gradients(emulated):
+    # sum |grad| overflows float64: the scale comes from numel * max |grad| instead
+    g = torch.Generator().manual_seed(6)
+    rois = random_rois(200, 1, 16, generator=g).double()
+    grad = torch.randn(200, 2, 2, 2, generator=g, dtype=torch.float64) * 1e306
+    assert not torch.isfinite(grad.abs().sum())
+    args = (grad, rois, 1.0, 2, 2, 1, 2, 16, 16, 2, True)
+    expected = torch.ops.minimtl._roi_align_backward(*args)
+    assert expected.isfinite().all()
+    torch.testing.assert_close(deterministic(emulated._roi_align_backward, *args), expected, rtol=1e-6, atol=1e295)
+
+
+def test_deterministic_backward_of_zero_gradient_is_zero(emulated):
+    rois = random_rois(10, 1, 8, generator=torch.Generator().manual_seed(7))
+    args = (torch.zeros(10, 2, 3, 3), rois, 1.0, 3, 3, 1, 2, 8, 8, 2, True)
+    assert torch.equal(deterministic(emulated._roi_align_backward, *args), torch.zeros(1, 2, 8, 8))
+
+
+def test_backward_skips_rois_with_bad_batch_indices(emulated):
+    # The backward trusts the forward's check, but a bad row must still not reach memory: it adds nothing.
+    rois = torch.tensor([[0, 1, 1, 4, 4.0], [5, 1, 1, 4, 4], [math.nan, 1, 1, 4, 4], [-1, 1, 1, 4, 4]])
+    grad = torch.ones(4, 3, 2, 2)
+    for run in (emulated._roi_align_backward, lambda *a: deterministic(emulated._roi_align_backward, *a)):
+        grad_input = run(grad, rois, 1.0, 2, 2, 2, 3, 8, 8, 2, True)
+        expected = torch.ops.minimtl._roi_align_backward(grad[:1], rois[:1], 1.0, 2, 2, 2, 3, 8, 8, 2, True)
+        torch.testing.assert_close(grad_input, expected, atol=1e-6, rtol=1e-6)
