@@ -1,9 +1,10 @@
-"""The CUDA RoIAlign and IoU/GIoU, run on the CPU (tests/cuda_emulation/): the kernel files
-csrc/cuda/roi_align.cu and box_iou.cu, host code and kernels, compiled for the CPU, every thread of
-every launch run one after another. So the CUDA kernels' indexing (32- and 64-bit), their guards
-against bad input and the deterministic backward's fixed-point sums are tested on machines
-without a GPU, against the CPU kernels. Not tested here: races and speed (scripts/gpu_check.sh,
-on a GPU, runs the real kernels under compute-sanitizer)."""
+"""The CUDA kernels, run on the CPU (tests/cuda_emulation/): the kernel files csrc/cuda/box_iou.cu,
+nms.cu and roi_align.cu, host code and kernels, compiled for the CPU, every thread of every launch
+run by the CPU (NMS's threads as OS threads that meet at __syncthreads). So the CUDA kernels'
+indexing (32- and 64-bit), their guards against bad input, the NMS bitmask and the deterministic
+backward's fixed-point sums are tested on machines without a GPU, against the CPU kernels. Not
+tested here: the GPU's races and speed (scripts/gpu_check.sh runs the real kernels there, also
+under compute-sanitizer)."""
 
 import contextlib
 import hashlib
@@ -15,11 +16,13 @@ import pytest
 import torch
 from hypothesis import given
 from strategies import as_boxes, box_lists
+from test_nms import nms_inputs, tensors
 from test_roi_align import F32, F64, case_tensors, random_rois, roi_align_cases
 from torch.utils import cpp_extension
 
 from minimtl import ops
 from minimtl._source_hash import source_hash
+from minimtl.bench.ops import random_boxes, unique_scores
 
 ROOT = Path(__file__).resolve().parent.parent
 EMULATION = Path(__file__).resolve().parent / "cuda_emulation"
@@ -85,6 +88,50 @@ def test_pairwise_grid_stride(emulated, name):
     a = torch.cat([a, a + torch.rand(33_000, 2, generator=g) * 20], dim=1)
     b = a[torch.randperm(33_000, generator=g)[:130]]
     torch.testing.assert_close(getattr(emulated, name)(a, b), getattr(ops, name)(a, b), atol=0, rtol=0)
+
+
+# --- NMS ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@given(inputs=nms_inputs(special=True, max_size=40))
+def test_nms_matches_cpu(emulated, dtype, inputs):
+    args = tensors(inputs, dtype)
+    assert torch.equal(emulated.nms(*args), ops.nms(*args))
+
+
+@given(inputs=nms_inputs(special=True, max_size=40, classes=True))
+def test_batched_nms_matches_cpu(emulated, inputs):
+    args = tensors(inputs)
+    assert torch.equal(emulated.batched_nms(*args), ops.batched_nms(*args))
+
+
+@pytest.mark.parametrize("n", [63, 64, 65, 700])
+def test_nms_across_blocks_of_64(emulated, n):
+    # several column blocks, a partial last one, the diagonal blocks, many suppressions
+    g = torch.Generator().manual_seed(n)
+    boxes, scores = random_boxes(n, size=80, max_side=30, generator=g), unique_scores(n, generator=g)
+    idxs = torch.randint(0, 3, (n,), generator=g)
+    for threshold in (0.1, 0.3):
+        kept = emulated.nms(boxes, scores, threshold)
+        assert len(kept) < n and torch.equal(kept, ops.nms(boxes, scores, threshold))
+        assert torch.equal(
+            emulated.batched_nms(boxes, scores, idxs, threshold), ops.batched_nms(boxes, scores, idxs, threshold)
+        )
+
+
+def test_nms_leaves_its_inputs_unchanged(emulated):
+    boxes, scores = random_boxes(100, size=100), torch.rand(100)
+    scores[::7], boxes[::11, 0] = math.nan, math.nan
+    before = boxes.clone(), scores.clone()
+    emulated.nms(boxes, scores, 0.5)
+    torch.testing.assert_close((boxes, scores), before, rtol=0, atol=0, equal_nan=True)
+
+
+def test_nms_too_many_boxes_is_an_error(emulated):
+    n = 393_217  # one more than the 48 KiB of `removed` bits in shared memory hold
+    with pytest.raises(RuntimeError, match="nms: the CUDA kernel handles at most 393216 boxes, got 393217"):
+        emulated.nms(torch.zeros(n, 4), torch.zeros(n), 0.5)
 
 
 # --- RoIAlign forward --------------------------------------------------------------------------

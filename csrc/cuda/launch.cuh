@@ -1,8 +1,8 @@
 // MINIMTL_LAUNCH(blocks, threads, stream, kernel)(args...) is kernel<<<blocks, threads, 0, stream>>>(args...),
 // and the CUDA headers a kernel file needs. Written this way so that one file can also run without
 // a GPU: tests/cuda_emulation compiles a kernel file for the CPU with MINIMTL_CUDA_EMULATION
-// defined, and its own MINIMTL_LAUNCH runs the grid one thread after another (cuda_on_cpu.h). Only
-// kernels without shared memory or __syncthreads run that way (RoIAlign, IoU; not NMS).
+// defined, and its own MINIMTL_LAUNCH runs the grid's threads on the CPU (cuda_on_cpu.h). A kernel
+// file that wants this uses static __shared__ arrays only (no dynamic shared memory).
 #pragma once
 
 #ifndef MINIMTL_CUDA_EMULATION

@@ -25,23 +25,21 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/masked_select.h>
 #include <ATen/ops/sort.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <limits>
 
 #include "../box_math.h"
 #include "../checks.h"
+#include "launch.cuh"
 
 namespace minimtl {
 namespace {
 
 constexpr int kBoxesPerBlock = 64;  // one bit per box in an unsigned long long
 constexpr int kGatherThreads = 256;
-constexpr int64_t kMaxSharedBytes = 48 * 1024;  // `removed` must fit in default shared memory
-constexpr int64_t kMaxBoxes = kMaxSharedBytes / sizeof(unsigned long long) * kBoxesPerBlock;  // 393,216
+constexpr int64_t kMaxWords = 48 * 1024 / sizeof(unsigned long long);  // `removed` fills static shared memory
+constexpr int64_t kMaxBoxes = kMaxWords * kBoxesPerBlock;                 // 393,216
 
 template <typename T>
 __global__ void nms_mask_kernel(const T* __restrict__ boxes, const int64_t* __restrict__ classes, int64_t n,
@@ -55,22 +53,23 @@ __global__ void nms_mask_kernel(const T* __restrict__ boxes, const int64_t* __re
   // The column tile: 64 boxes (and their areas and classes) read by every thread of the block.
   __shared__ T tile[kBoxesPerBlock][5];
   __shared__ int64_t tile_class[kBoxesPerBlock];
-  if (threadIdx.x < col_size) {
-    const int64_t j = col_block * kBoxesPerBlock + threadIdx.x;
-    for (int c = 0; c < 4; ++c) tile[threadIdx.x][c] = boxes[4 * j + c];
-    tile[threadIdx.x][4] = box_area(tile[threadIdx.x][0], tile[threadIdx.x][1], tile[threadIdx.x][2], tile[threadIdx.x][3]);
-    if (classes) tile_class[threadIdx.x] = classes[j];
+  const int t = static_cast<int>(threadIdx.x);
+  if (t < col_size) {
+    const int64_t j = col_block * kBoxesPerBlock + t;
+    for (int c = 0; c < 4; ++c) tile[t][c] = boxes[4 * j + c];
+    tile[t][4] = box_area(tile[t][0], tile[t][1], tile[t][2], tile[t][3]);
+    if (classes) tile_class[t] = classes[j];
   }
   __syncthreads();
-  if (threadIdx.x >= row_size) return;
+  if (t >= row_size) return;
 
-  const int64_t i = row_block * kBoxesPerBlock + threadIdx.x;
+  const int64_t i = row_block * kBoxesPerBlock + t;
   const T x1 = boxes[4 * i + 0], y1 = boxes[4 * i + 1], x2 = boxes[4 * i + 2], y2 = boxes[4 * i + 3];
   const T area = box_area(x1, y1, x2, y2);
   const int64_t cls = classes ? classes[i] : 0;
   unsigned long long bits = 0;
   // On the diagonal block only the boxes after i; elsewhere all 64 come after i.
-  for (int k = (row_block == col_block) ? threadIdx.x + 1 : 0; k < col_size; ++k) {
+  for (int k = (row_block == col_block) ? t + 1 : 0; k < col_size; ++k) {
     const bool same_class = classes == nullptr || tile_class[k] == cls;
     const T iou = pair_iou(x1, y1, x2, y2, area, tile[k][0], tile[k][1], tile[k][2], tile[k][3], tile[k][4]);
     if (same_class && iou > threshold) bits |= 1ULL << k;
@@ -80,7 +79,7 @@ __global__ void nms_mask_kernel(const T* __restrict__ boxes, const int64_t* __re
 
 // One block walks the boxes in score order. removed[w] holds the bits of boxes 64w .. 64w + 63.
 __global__ void nms_gather_kernel(const unsigned long long* __restrict__ mask, int64_t n, bool* __restrict__ keep) {
-  extern __shared__ unsigned long long removed[];
+  __shared__ unsigned long long removed[kMaxWords];
   const int64_t col_blocks = (n + kBoxesPerBlock - 1) / kBoxesPerBlock;
   for (int64_t w = threadIdx.x; w < col_blocks; w += blockDim.x) removed[w] = 0;
   __syncthreads();
@@ -134,12 +133,12 @@ at::Tensor nms_cuda_impl(const char* op, const at::Tensor& boxes, const at::Tens
     using T = at::opmath_type<scalar_t>;
     const at::Tensor sorted = boxes.index_select(0, order).to(c10::CppTypeToScalarType<T>::value).contiguous();
     const dim3 grid(col_blocks, col_blocks);
-    nms_mask_kernel<T><<<grid, kBoxesPerBlock, 0, stream>>>(
+    MINIMTL_LAUNCH(grid, kBoxesPerBlock, stream, nms_mask_kernel<T>)(
         sorted.data_ptr<T>(), idxs ? classes.data_ptr<int64_t>() : nullptr, n, static_cast<T>(iou_threshold),
         reinterpret_cast<unsigned long long*>(mask.data_ptr<int64_t>()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  nms_gather_kernel<<<1, kGatherThreads, col_blocks * sizeof(unsigned long long), stream>>>(
+  MINIMTL_LAUNCH(1, kGatherThreads, stream, nms_gather_kernel)(
       reinterpret_cast<const unsigned long long*>(mask.data_ptr<int64_t>()), n, keep.data_ptr<bool>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return order.masked_select(keep);  // kept box indices, in rank order
@@ -156,9 +155,11 @@ at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, c
 
 }  // namespace
 
+#ifndef MINIMTL_CUDA_EMULATION  // (the emulation registers these functions as CPU ops of its own)
 TORCH_LIBRARY_IMPL(minimtl, CUDA, m) {
   m.impl("nms", &nms_cuda);
   m.impl("batched_nms", &batched_nms_cuda);
 }
+#endif
 
 }  // namespace minimtl

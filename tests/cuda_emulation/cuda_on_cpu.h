@@ -2,19 +2,25 @@
 // machines without a GPU (tests/test_cuda_emulation.py). Include it, then the .cu file, with
 // MINIMTL_CUDA_EMULATION defined (csrc/cuda/launch.cuh).
 //
-// A launch runs every thread of every block one after another, so the emulation is exact for
-// kernels whose threads never wait for each other (no __shared__, no __syncthreads): each thread's
-// arithmetic, indexing and memory accesses are the real ones, and atomics are plain read-modify-
-// writes. Tensors live in CPU memory, so a stray index is caught by AddressSanitizer
-// (scripts/sanitize.sh) instead of compute-sanitizer. What it cannot show: races, the order of
-// a GPU's atomic additions, and speed.
+// A launch runs the blocks one after another. By default the threads of a block run one after
+// another too, which is exact for kernels whose threads never wait for each other (RoIAlign, IoU):
+// each thread's arithmetic, indexing and memory accesses are the real ones, and atomics are plain
+// read-modify-writes. Kernels that use __syncthreads (NMS) run inside a `Cooperative` scope, where
+// each thread of a block is an OS thread and __syncthreads a barrier; __shared__ arrays are static
+// variables, shared by the block's threads (blocks never overlap). Tensors live in CPU memory, so a
+// stray index is caught by AddressSanitizer (scripts/sanitize.sh) instead of compute-sanitizer.
+// What it cannot show: the GPU's races and memory model, the order of its atomic additions, speed.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
+#include <algorithm>
+#include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <thread>
+#include <vector>
 
 #ifndef MINIMTL_CUDA_EMULATION
 #error "define MINIMTL_CUDA_EMULATION before including cuda_on_cpu.h"
@@ -24,6 +30,7 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __shared__ static
 #define CUDART_NAN NAN
 #define CUDART_INF INFINITY
 
@@ -33,6 +40,8 @@ using std::floor;
 using std::isfinite;
 using std::isnan;
 using std::ldexp;
+using std::max;
+using std::min;
 inline long long __double2ll_rn(double x) { return std::llrint(x); }  // round to nearest, ties to even
 
 namespace minimtl_emulation {
@@ -41,7 +50,17 @@ struct Dim3 {
   unsigned x, y, z;
   Dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
-inline Dim3 threadIdx, blockIdx, blockDim, gridDim;  // the running thread's coordinates
+inline thread_local Dim3 threadIdx, blockIdx;  // the running thread's coordinates
+inline Dim3 blockDim, gridDim;
+
+// Inside a Cooperative scope, launches run each block's threads as OS threads that meet at
+// __syncthreads; outside, __syncthreads is an error.
+inline bool cooperative = false;
+inline std::barrier<>* block_barrier = nullptr;
+struct Cooperative {
+  Cooperative() { cooperative = true; }
+  ~Cooperative() { cooperative = false; }
+};
 
 // MINIMTL_INT32_INDEX_LIMIT (roi_align.cu): lowered by a test to take the 64-bit index path.
 inline int64_t int32_index_limit = int64_t{1} << 30;
@@ -55,13 +74,35 @@ struct Launch {
     gridDim = grid;
     blockDim = block;
     for (unsigned by = 0; by < grid.y; ++by)
-      for (unsigned bx = 0; bx < grid.x; ++bx)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        if (cooperative) {
+          run_block_in_threads(Dim3(bx, by, 0), args...);
+          continue;
+        }
         for (unsigned ty = 0; ty < block.y; ++ty)
           for (unsigned tx = 0; tx < block.x; ++tx) {
             blockIdx = Dim3(bx, by, 0);
             threadIdx = Dim3(tx, ty, 0);
             kernel(args...);
           }
+      }
+  }
+
+  template <typename... Args>
+  void run_block_in_threads(Dim3 b, Args... args) const {
+    std::barrier<> barrier(static_cast<std::ptrdiff_t>(block.x) * block.y);
+    block_barrier = &barrier;
+    std::vector<std::thread> threads;
+    for (unsigned ty = 0; ty < block.y; ++ty)
+      for (unsigned tx = 0; tx < block.x; ++tx)
+        threads.emplace_back([&, tx, ty] {
+          blockIdx = b;
+          threadIdx = Dim3(tx, ty, 0);
+          kernel(args...);
+          barrier.arrive_and_drop();  // a thread that has returned waits at no later barrier
+        });
+    for (std::thread& t : threads) t.join();
+    block_barrier = nullptr;
   }
 };
 
@@ -87,6 +128,12 @@ using dim3 = minimtl_emulation::Dim3;
   ::minimtl_emulation::launch(::minimtl_emulation::dims(blocks), ::minimtl_emulation::dims(threads), stream, \
                               [&](auto... args) { __VA_ARGS__(args...); })
 #define MINIMTL_INT32_INDEX_LIMIT (::minimtl_emulation::int32_index_limit)
+
+inline void __syncthreads() {
+  TORCH_CHECK(minimtl_emulation::block_barrier != nullptr,
+              "__syncthreads outside a minimtl_emulation::Cooperative scope: run this kernel's op in one");
+  minimtl_emulation::block_barrier->arrive_and_wait();
+}
 
 template <typename T>
 T atomicAdd(T* address, T value) {
