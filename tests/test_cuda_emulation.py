@@ -7,7 +7,6 @@ tested here: the GPU's races and speed (scripts/gpu_check.sh runs the real kerne
 under compute-sanitizer)."""
 
 import contextlib
-import hashlib
 import math
 import os
 from pathlib import Path
@@ -21,7 +20,6 @@ from test_roi_align import F32, F64, case_tensors, random_rois, roi_align_cases
 from torch.utils import cpp_extension
 
 from minimtl import ops
-from minimtl._source_hash import source_hash
 from minimtl.bench.ops import random_boxes, unique_scores
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,20 +27,20 @@ EMULATION = Path(__file__).resolve().parent / "cuda_emulation"
 
 
 @pytest.fixture(scope="module")
-def emulated():
-    """torch.ops.minimtl_emulated, built once per change of the sources (about a minute)."""
+def emulated(tmp_path_factory):
+    """torch.ops.minimtl_emulated, built for this run (a few seconds to a minute).
+
+    Built in a fresh folder each time: torch's shared extension cache would serve a build made
+    against another torch, and a build killed half-way leaves a lock there that blocks the next.
+    """
     extra = os.environ.get("MINIMTL_EMULATION_CFLAGS", "").split()  # scripts/sanitize.sh adds -fsanitize
-    digest = hashlib.sha256(source_hash(ROOT / "csrc").encode())
-    for path in sorted(EMULATION.iterdir()):
-        digest.update(path.read_bytes())
-    digest.update(" ".join(extra).encode())
-    name = f"minimtl_cuda_emulation_{digest.hexdigest()[:12]}"
     cpp_extension.load(
-        name=name,
+        name="minimtl_cuda_emulation",
         sources=[str(EMULATION / "ops.cpp")],
         extra_include_paths=[str(ROOT / "csrc"), str(EMULATION)],
         extra_cflags=["-O2", *extra],
         extra_ldflags=extra,
+        build_directory=str(tmp_path_factory.mktemp("cuda_emulation")),
         is_python_module=False,
     )
     return torch.ops.minimtl_emulated

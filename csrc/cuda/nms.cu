@@ -24,6 +24,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/masked_select.h>
+#include <ATen/ops/nan_to_num.h>
 #include <ATen/ops/sort.h>
 #include <torch/library.h>
 
@@ -107,8 +108,10 @@ __global__ void nms_gather_kernel(const unsigned long long* __restrict__ mask, i
 // Indices of the boxes by decreasing score. Ties keep index order; NaN ranks as -inf.
 at::Tensor order_by_score(const at::Tensor& scores) {
   const at::ScalarType compute = scores.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor converted = scores.to(compute);  // exact for float16/bfloat16; `scores` itself if float32/64
-  const at::Tensor key = converted.masked_fill(converted.isnan(), -std::numeric_limits<double>::infinity());  // a copy
+  constexpr double inf = std::numeric_limits<double>::infinity();
+  // One pass, into a new tensor (`scores.to` returns `scores` itself for float32/float64; float16
+  // and bfloat16 convert exactly): NaN -> -inf, the infinities kept.
+  const at::Tensor key = at::nan_to_num(scores.to(compute), -inf, inf, -inf);
   return std::get<1>(at::sort(key, /*stable=*/true, /*dim=*/0, /*descending=*/true));
 }
 
