@@ -15,10 +15,11 @@
 #include <ATen/core/Tensor.h>
 
 #include <algorithm>
-#include <barrier>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -56,7 +57,40 @@ inline Dim3 blockDim, gridDim;
 // Inside a Cooperative scope, launches run each block's threads as OS threads that meet at
 // __syncthreads; outside, __syncthreads is an error.
 inline bool cooperative = false;
-inline std::barrier<>* block_barrier = nullptr;
+
+// What __syncthreads waits at: every running thread of the block arrives, then all go on. A thread
+// that has returned from the kernel is not waited for. (std::barrier would do, but it is C++20, and
+// extensions of older torch versions are built as C++17.)
+class BlockBarrier {
+ public:
+  explicit BlockBarrier(int64_t threads) : expected_(threads) {}
+
+  void arrive_and_wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    const int64_t phase = phase_;
+    if (++arrived_ == expected_) {
+      next_phase();
+      return;
+    }
+    wake_.wait(lock, [&] { return phase_ != phase; });
+  }
+
+  void drop() {  // the calling thread has returned: later phases wait for one thread fewer
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (--expected_ > 0 && arrived_ == expected_) next_phase();
+  }
+
+ private:
+  void next_phase() {
+    arrived_ = 0;
+    ++phase_;
+    wake_.notify_all();
+  }
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  int64_t expected_, arrived_ = 0, phase_ = 0;
+};
+inline BlockBarrier* block_barrier = nullptr;
 struct Cooperative {
   Cooperative() { cooperative = true; }
   ~Cooperative() { cooperative = false; }
@@ -90,7 +124,7 @@ struct Launch {
 
   template <typename... Args>
   void run_block_in_threads(Dim3 b, Args... args) const {
-    std::barrier<> barrier(static_cast<std::ptrdiff_t>(block.x) * block.y);
+    BlockBarrier barrier(static_cast<int64_t>(block.x) * block.y);
     block_barrier = &barrier;
     std::vector<std::thread> threads;
     for (unsigned ty = 0; ty < block.y; ++ty)
@@ -99,7 +133,7 @@ struct Launch {
           blockIdx = b;
           threadIdx = Dim3(tx, ty, 0);
           kernel(args...);
-          barrier.arrive_and_drop();  // a thread that has returned waits at no later barrier
+          barrier.drop();
         });
     for (std::thread& t : threads) t.join();
     block_barrier = nullptr;
