@@ -339,5 +339,5 @@ def test_cuda_matches_cpu_large(n):
 @requires_cuda
 @pytest.mark.cuda
 def test_cuda_too_many_boxes_clear_error():
-    with pytest.raises(RuntimeError, match="nms: the CUDA kernel handles at most 393216 boxes, got 400000"):
+    with pytest.raises(RuntimeError, match="nms: the CUDA kernel handles at most 389056 boxes, got 400000"):
         ops.nms(torch.zeros(400_000, 4, device="cuda"), torch.zeros(400_000, device="cuda"), 0.5)

@@ -13,8 +13,9 @@
 //
 //   2. nms_gather_kernel, one CUDA block. It walks the boxes in order with a bitmask `removed`
 //      (one bit per box) in shared memory: box i is kept if its bit is clear, and then its mask
-//      row is OR-ed into `removed`, 64 boxes per word, the words split among the threads. The
-//      keep flags stay on the device: the mask is never copied to the host.
+//      row is OR-ed into `removed`. It decides 64 boxes at a time in one thread, then all threads
+//      spread the group's kept rows into the later words. The keep flags stay on the device: the
+//      mask is never copied to the host.
 //
 // The IoU is box_math.h's pair_iou, the same as the CPU kernel and the reference, bit for bit.
 // batched_nms is the same with one more test in step 1: boxes of different classes never suppress.
@@ -39,8 +40,10 @@ namespace {
 
 constexpr int kBoxesPerBlock = 64;  // one bit per box in an unsigned long long
 constexpr int kGatherThreads = 256;
-constexpr int64_t kMaxWords = 48 * 1024 / sizeof(unsigned long long);  // `removed` fills static shared memory
-constexpr int64_t kMaxBoxes = kMaxWords * kBoxesPerBlock;                 // 393,216
+// The gather kernel's shared memory: `removed` (kMaxWords words), `diagonal` (64) and one more
+// word fill the 48 KiB a block may declare statically.
+constexpr int64_t kMaxWords = 48 * 1024 / sizeof(unsigned long long) - kBoxesPerBlock - 1;  // 6079
+constexpr int64_t kMaxBoxes = kMaxWords * kBoxesPerBlock;                                   // 389,056
 
 template <typename T>
 __global__ void nms_mask_kernel(const T* __restrict__ boxes, const int64_t* __restrict__ classes, int64_t n,
@@ -78,30 +81,55 @@ __global__ void nms_mask_kernel(const T* __restrict__ boxes, const int64_t* __re
   mask[i * col_blocks + col_block] = bits;
 }
 
-// One block walks the boxes in score order. removed[w] holds the bits of boxes 64w .. 64w + 63.
+// One block walks the boxes in score order, 64 at a time. removed[w] holds the bits of boxes
+// 64w .. 64w + 63 that a kept box suppresses. For each group of 64:
+//   1. decide: thread 0 walks the 64 boxes in order; box i is kept unless its bit is set, and a
+//      kept box's own mask word (whom it suppresses among the 64, `diagonal`) is OR-ed into the
+//      bits it walks on. That is the only sequential part, and it runs on registers and shared
+//      memory: 64 steps per group.
+//   2. spread: every thread ORs the rows of the group's kept boxes into its share of the later
+//      words. Those loads do not depend on each other, so they overlap.
+// Two barriers per group of 64 boxes, where a barrier per kept box (torchvision's gather) would
+// put a global-memory load and a barrier on the sequential path of every kept box.
 __global__ void nms_gather_kernel(const unsigned long long* __restrict__ mask, int64_t n, bool* __restrict__ keep) {
   __shared__ unsigned long long removed[kMaxWords];
+  __shared__ unsigned long long diagonal[kBoxesPerBlock];  // diagonal[b] = mask[first + b][group]
+  __shared__ unsigned long long group_kept;                // bit b: box first + b is kept
+  const int t = static_cast<int>(threadIdx.x);
   const int64_t col_blocks = (n + kBoxesPerBlock - 1) / kBoxesPerBlock;
-  for (int64_t w = threadIdx.x; w < col_blocks; w += blockDim.x) removed[w] = 0;
-  __syncthreads();
+  for (int64_t w = t; w < col_blocks; w += blockDim.x) removed[w] = 0;
 
-  for (int64_t block = 0; block < col_blocks; ++block) {
-    unsigned long long removed_here = removed[block];  // the same value in every thread
-    __syncthreads();  // everyone has read removed[block] before anyone writes it below
-    for (int bit = 0; bit < kBoxesPerBlock; ++bit) {
-      const int64_t i = block * kBoxesPerBlock + bit;
-      if (i >= n) break;
-      const bool kept = !(removed_here & (1ULL << bit));
-      if (threadIdx.x == 0) keep[i] = kept;
-      if (!kept) continue;  // uniform across the block: every thread holds the same removed_here
-      // Box i survives: everything it suppresses is removed. Words before `block` hold only
-      // boxes already decided, so the OR starts at `block`.
-      const unsigned long long* row = mask + i * col_blocks;
-      for (int64_t w = block + threadIdx.x; w < col_blocks; w += blockDim.x) removed[w] |= row[w];
-      __syncthreads();
-      removed_here = removed[block];
-      __syncthreads();  // as above: all have read before the next OR writes
+  for (int64_t group = 0; group < col_blocks; ++group) {
+    const int64_t first = group * kBoxesPerBlock;
+    const int count = static_cast<int>(min(n - first, int64_t{kBoxesPerBlock}));
+    if (t < kBoxesPerBlock) diagonal[t] = t < count ? mask[(first + t) * col_blocks + group] : 0;
+    __syncthreads();  // diagonal is loaded, and removed[] holds what every earlier group suppresses
+
+    if (t == 0) {  // 1. decide
+      unsigned long long removed_here = removed[group], kept = 0;
+#pragma unroll
+      for (int bit = 0; bit < kBoxesPerBlock; ++bit) {
+        const unsigned long long suppresses = diagonal[bit];  // independent of the walk: loaded early
+        if (bit < count && !(removed_here & (1ULL << bit))) {
+          kept |= 1ULL << bit;
+          removed_here |= suppresses;
+        }
+      }
+      group_kept = kept;
     }
+    __syncthreads();  // group_kept is written; nobody reads diagonal or removed[group] any more
+
+    const unsigned long long kept = group_kept;  // 2. spread
+    if (t < count) keep[first + t] = (kept >> t) & 1;
+    for (int64_t w = group + 1 + t; w < col_blocks; w += blockDim.x) {
+      unsigned long long word = removed[w];
+      for (unsigned long long bits = kept; bits != 0; bits &= bits - 1) {  // each kept box, lowest first
+        const int64_t i = first + __ffsll(static_cast<long long>(bits)) - 1;
+        word |= mask[i * col_blocks + w];
+      }
+      removed[w] = word;
+    }
+    // The next group's first barrier orders these writes before removed[group + 1] is read.
   }
 }
 

@@ -44,6 +44,7 @@ using std::ldexp;
 using std::max;
 using std::min;
 inline long long __double2ll_rn(double x) { return std::llrint(x); }  // round to nearest, ties to even
+inline int __ffsll(long long x) { return __builtin_ffsll(x); }  // 1 + the index of the lowest set bit; 0 for 0
 
 namespace minimtl_emulation {
 
