@@ -5,8 +5,8 @@ and racecheck in scripts/gpu_check.sh (the full tests would take hours under the
 
 Sizes around the NMS kernel's 64-box blocks (0, 1, 63, 64, 65, ...), NaN/inf boxes and scores,
 empty inputs, every dtype, RoIAlign forward and backward in both backward modes (atomic float and
-deterministic fixed point). It checks results against the CPU kernels too, so it is also a quick
-correctness check.
+deterministic fixed point), bad batch indices. It checks results against the CPU kernels too, so it
+is also a quick correctness check.
 """
 
 import math
@@ -68,6 +68,14 @@ def main() -> None:
                 torch.testing.assert_close(xg.grad.cpu(), xc.grad)
         empty = ops.roi_align(x.to("cuda", dtype), torch.zeros(0, 5, device="cuda"), 7)
         assert empty.shape == (0, 8, 7, 7)
+    for index in (7.0, -1.0, 0.5, math.nan):  # a bad batch index: the kernel skips the RoI, the host reports it
+        bad = rois.clone()
+        bad[5, 0] = index
+        try:
+            ops.roi_align(x.cuda(), bad.cuda(), 7)
+            raise AssertionError(f"batch index {index} was accepted")
+        except RuntimeError as error:
+            assert "in row 5" in str(error), error
     torch.cuda.synchronize()
     print("cuda_smoke: every CUDA kernel ran; results equal the CPU kernels'")
 
