@@ -26,7 +26,7 @@ from minimtl.losses import MultiTaskLoss
 from minimtl.modeling.hypercolumn import HypercolumnHead, HypercolumnRoIPooler
 from minimtl.modeling.precision import full_precision
 from minimtl.modeling.semantic_head import SemanticFPNHead, semantic_loss, semantic_predictions
-from minimtl.models.rcnn import RCNN, RCNNConfig, check_targets
+from minimtl.models.rcnn import RCNN, RCNNConfig, check_target_count, check_targets
 
 # Which loss terms make up each task.
 TASK_TERMS = {
@@ -137,8 +137,8 @@ class MultiTaskRCNN(RCNN):
 def check_multitask_targets(targets, images: list[Tensor], config: MultiTaskConfig) -> None:
     if config.detection:
         check_targets(targets, len(images), config)
-    elif targets is None or len(targets) != len(images):
-        raise ValueError(f"training needs one target dict per image: {len(images)} images, got {targets!r:.40}")
+    else:
+        check_target_count(targets, len(images))
     if config.semantic:
         for i, (t, image) in enumerate(zip(targets, images, strict=True)):
             if "semantic" not in t:

@@ -155,11 +155,16 @@ class RCNN(nn.Module):
         return self.transform.postprocess(detections, image_sizes, original_sizes)
 
 
-def check_targets(targets, num_images: int, config: RCNNConfig) -> None:
-    """Clear errors, before any computation, for the target mistakes that otherwise become NaN."""
+def check_target_count(targets, num_images: int) -> None:
+    """Training needs a list with one target dict per image."""
     if targets is None or len(targets) != num_images:
         got = "None" if targets is None else f"{len(targets)} targets"
         raise ValueError(f"training needs one target dict per image: {num_images} images, got {got}")
+
+
+def check_targets(targets, num_images: int, config: RCNNConfig) -> None:
+    """Clear errors, before any computation, for the target mistakes that otherwise become NaN."""
+    check_target_count(targets, num_images)
     for i, t in enumerate(targets):
         needed = ("boxes", "labels", "masks") if config.masks else ("boxes", "labels")
         missing = [k for k in needed if k not in t]
