@@ -95,16 +95,12 @@ class MultiTaskRCNN(RCNN):
         c = self.config
         if self.training:
             check_multitask_targets(targets, images, c)
-        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
-        batch, image_sizes, targets = self.transform(images, targets)
-        if c.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        batch, image_sizes, original_sizes, targets = self.batch_images(images, targets)
         levels = self.backbone(batch)  # C2..C5
         features = self.fpn(levels) if self.fpn is not None else None  # P2..P6
         losses, outputs = {}, [{} for _ in images]
         if c.detection:
-            proposals, rpn_losses = self.rpn(tuple(batch.shape[-2:]), image_sizes, features, targets)
-            detections, head_losses = self.roi_heads(features[:4], proposals, image_sizes, targets)
+            detections, rpn_losses, head_losses = self.detection_heads(batch, image_sizes, features, targets)
             if self.training:
                 losses.update(rpn_losses)
                 losses.update(head_losses)

@@ -143,16 +143,28 @@ class RCNN(nn.Module):
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
         if self.training:
             check_targets(targets, len(images), self.config)
+        batch, image_sizes, original_sizes, targets = self.batch_images(images, targets)
+        features = self.fpn(self.backbone(batch))  # P2..P6
+        detections, rpn_losses, head_losses = self.detection_heads(batch, image_sizes, features, targets)
+        if self.training:
+            return {**head_losses, **rpn_losses}
+        return self.transform.postprocess(detections, image_sizes, original_sizes)
+
+    def batch_images(self, images: list[Tensor], targets):
+        """Resize, normalise and pad the images into one batch (N, 3, Hb, Wb); also returns each image's
+        size inside the batch, its original size, and the targets resized with it."""
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         batch, image_sizes, targets = self.transform(images, targets)
         if self.config.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        features = self.fpn(self.backbone(batch))  # P2..P6
+        return batch, image_sizes, original_sizes, targets
+
+    def detection_heads(self, batch: Tensor, image_sizes, features: list[Tensor], targets):
+        """The RPN, then the box (and mask) heads, on P2..P6: detections per image (in evaluation),
+        the RPN's losses and the heads' losses (in training)."""
         proposals, rpn_losses = self.rpn(tuple(batch.shape[-2:]), image_sizes, features, targets)
         detections, head_losses = self.roi_heads(features[:4], proposals, image_sizes, targets)
-        if self.training:
-            return {**head_losses, **rpn_losses}
-        return self.transform.postprocess(detections, image_sizes, original_sizes)
+        return detections, rpn_losses, head_losses
 
 
 def check_target_count(targets, num_images: int) -> None:
