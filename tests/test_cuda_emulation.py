@@ -16,7 +16,7 @@ import torch
 from hypothesis import given
 from strategies import as_boxes, box_lists
 from test_nms import nms_inputs, tensors
-from test_roi_align import F32, F64, case_tensors, random_rois, roi_align_cases
+from test_roi_align import F32, F64, case_tensors, huge_float64_gradient_case, random_rois, roi_align_cases
 from torch.utils import cpp_extension
 
 from minimtl import ops
@@ -240,11 +240,7 @@ def test_deterministic_backward_propagates_nan_and_inf(emulated):
 
 
 def test_deterministic_backward_of_huge_float64_gradients(emulated):
-    # sum |grad| overflows float64: the scale comes from numel * max |grad| instead
-    g = torch.Generator().manual_seed(6)
-    rois = random_rois(200, 1, 16, generator=g).double()
-    grad = torch.randn(200, 2, 2, 2, generator=g, dtype=torch.float64) * 1e306
-    assert not torch.isfinite(grad.abs().sum())
+    rois, grad = huge_float64_gradient_case()
     args = (grad, rois, 1.0, 2, 2, 1, 2, 16, 16, 2, True)
     expected = torch.ops.minimtl._roi_align_backward(*args)
     assert expected.isfinite().all()

@@ -448,16 +448,22 @@ def test_cuda_backward_is_deterministic_in_deterministic_mode(dtype):
     torch.testing.assert_close(grads[0].double(), xc.grad, atol=tol, rtol=tol)
 
 
-@requires_cuda
-@pytest.mark.cuda
-def test_cuda_deterministic_backward_of_huge_float64_gradients():
-    # sum |grad| overflows float64 (the fixed point's scale then comes from max |grad|); each
-    # pixel's own total stays finite, and equals the CPU's.
+def huge_float64_gradient_case():
+    """200 RoIs on one 16 x 16 map, 2 channels, 2 x 2 bins, and a float64 gradient whose sum |grad|
+    overflows (the fixed point's scale then comes from numel * max |grad|); each pixel's own total
+    stays finite. -> rois (200, 5), grad (200, 2, 2, 2)"""
     g = torch.Generator().manual_seed(6)
-    x = torch.randn(1, 2, 16, 16, generator=g, dtype=torch.float64)
     rois = random_rois(200, 1, 16, generator=g).double()
     grad = torch.randn(200, 2, 2, 2, generator=g, dtype=torch.float64) * 1e306
     assert not torch.isfinite(grad.abs().sum())
+    return rois, grad
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_cuda_deterministic_backward_of_huge_float64_gradients():
+    rois, grad = huge_float64_gradient_case()
+    x = torch.randn(1, 2, 16, 16, dtype=torch.float64)
     xc = x.clone().requires_grad_()
     ops.roi_align(xc, rois, 2, 1.0, 2, True).backward(grad)
     torch.use_deterministic_algorithms(True)
