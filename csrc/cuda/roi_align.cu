@@ -32,6 +32,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -204,9 +205,11 @@ at::Tensor roi_align_backward_deterministic(const at::Tensor& grad_c, const at::
                                             bool aligned) {
   using T = at::opmath_type<scalar_t>;
   const at::Tensor g64 = grad_c.to(at::kDouble);
-  const bool all_finite = g64.isfinite().all().item<bool>();
   const at::Tensor finite_abs = g64.abs().nan_to_num(0.0, 0.0, 0.0);
-  const double bound = finite_abs.sum().item<double>();  // B
+  // Both numbers in one device-to-host copy: whether every gradient is finite, and B.
+  const at::Tensor stats = at::stack({g64.isfinite().all().to(at::kDouble), finite_abs.sum()}).cpu();
+  const bool all_finite = stats[0].item<double>() != 0.0;
+  const double bound = stats[1].item<double>();  // B
   at::Tensor out = at::zeros({batch_size, channels, height, width}, grad_c.options());
   if (bound == 0.0 && all_finite) return out;
   int exponent = 0;
