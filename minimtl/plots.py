@@ -65,14 +65,24 @@ def read_metrics(source) -> list[dict]:
 
 
 def save_loss_curves(metrics, path) -> None:
-    """Every loss term (and the total) against the step, log scale."""
+    """Every loss term (and the total) against the step, log scale; beside them, when the log has
+    validation lines ({"step", "eval": {...}}), the evaluation numbers against the step."""
     lines = read_metrics(metrics)
-    steps = [line["step"] for line in lines]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key in [k for k in lines[0] if k.startswith("loss")]:
-        ax.plot(steps, [line[key] for line in lines], label=key, lw=2 if key == "loss" else 1)
+    losses = [line for line in lines if "loss" in line]
+    evals = [line for line in lines if "eval" in line]
+    fig, axes = plt.subplots(1, 2 if evals else 1, figsize=(12 if evals else 7, 4), squeeze=False)
+    ax = axes[0, 0]
+    steps = [line["step"] for line in losses]
+    for key in [k for k in (losses[0] if losses else {}) if k.startswith("loss")]:
+        ax.plot(steps, [line[key] for line in losses], label=key, lw=2 if key == "loss" else 1)
     ax.set(xlabel="step", ylabel="loss", yscale="log", title="training losses")
     ax.legend(fontsize=8)
+    if evals:
+        ax = axes[0, 1]
+        for key in evals[0]["eval"]:
+            ax.plot([line["step"] for line in evals], [line["eval"][key] for line in evals], "o-", label=key)
+        ax.set(xlabel="step", ylabel="metric", ylim=(0, 1), title="validation")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -81,12 +91,17 @@ def save_loss_curves(metrics, path) -> None:
 def save_precision_recall(predictions, targets, path, iou_type="bbox", classes=None, iou_threshold=0.5) -> None:
     """The precision-recall curve of each category at one IoU threshold (all areas, 100 detections)."""
     precision, _, categories = evaluate_curves(predictions, targets, iou_type)
+    save_precision_recall_curves(precision, categories, path, iou_type, classes, iou_threshold)
+
+
+def save_precision_recall_curves(precision, categories, path, iou_type="bbox", classes=None, iou_threshold=0.5):
+    """The same from an evaluation's precision array (T, R, K, A, M) and its K category labels."""
     t = int(np.argmin(np.abs(np.linspace(0.5, 0.95, 10) - iou_threshold)))
     fig, ax = plt.subplots(figsize=(5, 4))
     for k, label in enumerate(categories):
         p = precision[t, :, k, 0, -1]
         if (p > -1).any():
-            name = classes[label] if classes is not None else str(label)
+            name = classes[label] if classes is not None and label < len(classes) else str(label)
             ax.plot(RECALL_THRESHOLDS, p, label=f"{name} (AP{int(iou_threshold * 100)} {p.mean():.3f})")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=f"{iou_type}, IoU {iou_threshold}")
     ax.legend(fontsize=8)

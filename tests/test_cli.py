@@ -23,9 +23,9 @@ def demo_dir(tmp_path_factory):
 
 def test_demo_writes_a_report(demo_dir):
     out, stdout = demo_dir
-    assert "held-out images" in stdout and "box " in stdout and "mask " in stdout
+    assert "8 test images" in stdout and "box " in stdout and "mask " in stdout and "box AP per class" in stdout
     report = json.loads((out / "report.json").read_text())
-    assert set(report["test"]) == {"box", "mask"} and set(report["test"]["box"]) >= {"AP", "AP50", "AR100"}
+    assert set(report["test"]) == {"box", "mask"} and set(report["test"]["box"]) >= {"AP", "AP50", "AR100", "per_class"}
     assert report["test_images"] == 8 and report["train_seconds"] > 0
     for name in ("last.pt", "metrics.jsonl", "loss_curves.png", "predictions.png", "pr_box.png", "pr_mask.png"):
         assert (out / name).stat().st_size > 0, name
@@ -36,7 +36,9 @@ def test_eval_and_predict_from_the_checkpoint(demo_dir, tmp_path):
     out, _ = demo_dir
     stdout = run("eval", "--checkpoint", str(out / "last.pt"), "--num-images", "4", "--out", str(tmp_path),
                  "--device", "cpu")  # fmt: skip
-    assert "box " in stdout and json.loads((tmp_path / "eval.json").read_text())["box"]["AP"] >= 0
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    assert "4 test images (synthetic shapes)" in stdout and evaluated["test_images"] == 4
+    assert 0 <= evaluated["test"]["box"]["AP"] <= 1 and (tmp_path / "pr_box.png").exists()
     from PIL import Image
 
     from minimtl.data import ShapesDataset
@@ -45,25 +47,31 @@ def test_eval_and_predict_from_the_checkpoint(demo_dir, tmp_path):
     Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype("uint8")).save(tmp_path / "shape.png")
     stdout = run("predict", "--checkpoint", str(out / "last.pt"), "--images", str(tmp_path / "shape.png"),
                  "--out", str(tmp_path / "pred"), "--score-threshold", "0.0", "--device", "cpu")  # fmt: skip
-    assert "detections ->" in stdout and (tmp_path / "pred" / "shape_detections.png").exists()
+    assert (tmp_path / "pred" / "shape_detections.png").exists()
+    results = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    assert f"{len(results)} detections with score >= 0.0 ->" in stdout  # the JSON has every detection
+    assert results and {r["category_id"] for r in results} <= {1, 2, 3}  # shapes: the labels are the ids
 
 
 def test_train_from_a_config_file(tmp_path):
-    config = {"model": {"backbone": "resnet18", "masks": False, "min_size": 64, "max_size": 64, "backbone_width": 8,
-                        "fpn_channels": 16, "representation_size": 32},
+    config = {"model": {"backbone": "resnet18", "masks": False, "backbone_width": 8, "fpn_channels": 16,
+                        "representation_size": 32},
               "train": {"steps": 4, "batch_size": 2, "log_every": 2, "progress": False},
-              "data": {"num_test_images": 2, "image_size": 64}}  # fmt: skip
+              "data": {"num_test_images": 2, "image_size": 64, "min_size": 64, "max_size": 64}}  # fmt: skip
     (tmp_path / "cfg.json").write_text(json.dumps(config))
     stdout = run("train", "--config", str(tmp_path / "cfg.json"), "--steps", "2", "--out", str(tmp_path / "run"),
                  "--device", "cpu")  # fmt: skip
-    assert "box " in stdout and "mask" not in stdout  # Faster R-CNN: boxes only
-    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1  # --steps overrode the file
+    assert "\nbox " in stdout and "\nmask " not in stdout and "masks off" in stdout  # Faster R-CNN: boxes only
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in log if "loss" in line] == [2]  # --steps overrode the file
+    assert [line["step"] for line in log if "eval" in line] == [2]  # the small preset validates at the end
 
 
 def test_bad_model_setting_is_refused():
-    result = subprocess.run([sys.executable, "-m", "minimtl", "train", "--set", "min_sise=3"], capture_output=True,
-                            text=True, timeout=120)  # fmt: skip
-    assert result.returncode != 0 and "--set min_sise: not a model setting" in result.stderr
+    command = [sys.executable, "-m", "minimtl", "train", "--set", "model.min_sise=3"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("minimtl: error: model.min_sise: not a setting of model.kind='rcnn' (did you mean")
 
 
 def test_experiment_writes_its_report_and_reuses_finished_runs(tmp_path):
@@ -87,20 +95,22 @@ def test_experiment_writes_its_report_and_reuses_finished_runs(tmp_path):
 def test_experiment_refuses_an_unknown_row(tmp_path):
     result = subprocess.run([sys.executable, "-m", "minimtl", "experiment", "mtl", "--rows", "everything"],
                             capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert result.returncode != 0 and "--rows: unknown ['everything']" in result.stderr
+    assert result.returncode == 2 and "minimtl: error: --rows: unknown ['everything']" in result.stderr
 
 
 def test_train_and_eval_a_multitask_model(tmp_path):
-    config = {"model": {"backbone": "resnet18", "min_size": 64, "max_size": 64, "backbone_width": 8,
-                        "fpn_channels": 16, "representation_size": 32, "mask_layers": [16], "mask_dim_reduced": 16,
+    config = {"model": {"kind": "multitask", "backbone": "resnet18", "backbone_width": 8, "fpn_channels": 16,
+                        "representation_size": 32, "mask_layers": [16], "mask_dim_reduced": 16,
                         "semantic_channels": 16},
               "train": {"steps": 2, "batch_size": 2, "log_every": 1, "progress": False},
               "data": {"num_test_images": 2, "image_size": 64}}  # fmt: skip
     (tmp_path / "cfg.json").write_text(json.dumps(config))
-    stdout = run("train", "--config", str(tmp_path / "cfg.json"), "--set", "semantic=true", "--set",
-                 'loss_strategy="uncertainty"', "--out", str(tmp_path / "run"), "--device", "cpu")  # fmt: skip
+    stdout = run("train", "--config", str(tmp_path / "cfg.json"), "--set", "model.semantic=true", "--set",
+                 "model.loss_strategy=uncertainty", "--out", str(tmp_path / "run"), "--device", "cpu")  # fmt: skip
     assert "box " in stdout and "mask " in stdout and "semantic mIoU" in stdout
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert {"loss_semantic", "weight_detection", "weight_instance", "weight_semantic"} <= set(log[-1])
+    losses = [line for line in log if "loss" in line][-1]
+    assert {"loss_semantic", "weight_detection", "weight_instance", "weight_semantic"} <= set(losses)
+    assert "semantic.mIoU" in log[-1]["eval"]
     stdout = run("eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--num-images", "2", "--device", "cpu")
     assert "semantic mIoU" in stdout

@@ -1,8 +1,10 @@
-"""minimtl.evaluation: COCO AP/AR against pycocotools, hand-checkable cases, and semantic mIoU."""
+"""minimtl.evaluation: COCO AP/AR against pycocotools, hand-checkable cases, the streamed CocoEvaluator (its
+mask forms, its memory), and semantic mIoU."""
 
 import contextlib
 import importlib
 import io
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -10,7 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minimtl.evaluation import STAT_NAMES, evaluate, mean_iou
+from minimtl.data.masks import rle_encode
+from minimtl.evaluation import STAT_NAMES, CocoEvaluator, evaluate, evaluate_curves, mean_iou, per_class_ap
 
 
 def random_scene(seed: int, num_images: int = 12, size=(96, 128)):
@@ -59,6 +62,11 @@ def random_scene(seed: int, num_images: int = 12, size=(96, 128)):
 
 
 def pycocotools_stats(predictions, targets, iou_type):
+    return dict(zip(STAT_NAMES, pycocotools_eval(predictions, targets, iou_type).stats.tolist(), strict=True))
+
+
+def pycocotools_eval(predictions, targets, iou_type):
+    """pycocotools' COCOeval after evaluate, accumulate and summarize (categories 1..4)."""
     coco_mod = importlib.import_module("pycocotools.coco")
     cocoeval = importlib.import_module("pycocotools.cocoeval")
     mask_utils = importlib.import_module("pycocotools.mask")
@@ -91,7 +99,7 @@ def pycocotools_stats(predictions, targets, iou_type):
         e.evaluate()
         e.accumulate()
         e.summarize()
-    return dict(zip(STAT_NAMES, e.stats.tolist(), strict=True))
+    return e
 
 
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])
@@ -174,3 +182,145 @@ def test_mean_iou():
     assert result["pixel_accuracy"] == pytest.approx(5 / 7)  # the 255 pixel is ignored
     with pytest.raises(ValueError, match=r"labels must be in \[0, 3\) or 255"):
         mean_iou([pred], [target + 3 * (target == 1)], num_classes=3)
+
+
+# --- CocoEvaluator: streamed, one image at a time ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+@pytest.mark.parametrize("seed", range(3))
+def test_evaluator_streamed_equals_lists_and_pycocotools(iou_type, seed):
+    predictions, targets = random_scene(seed)
+    evaluator = CocoEvaluator(iou_type)
+    for pred, target in zip(predictions, targets, strict=True):
+        evaluator.add(pred, target)
+    assert evaluator.num_images == len(predictions)
+    assert evaluator.summarize() == evaluate(predictions, targets, iou_type)
+    precision, recall, categories = evaluator.curves()
+    for ours, theirs in zip((precision, recall), evaluate_curves(predictions, targets, iou_type), strict=False):
+        np.testing.assert_array_equal(ours, theirs)
+    # the whole curves, not only the 12 means, against pycocotools (its categories are 1..4)
+    coco = pycocotools_eval(predictions, targets, iou_type).eval
+    for k, label in enumerate(categories):
+        np.testing.assert_allclose(precision[:, :, k], coco["precision"][:, :, label - 1], atol=1e-12)
+        np.testing.assert_allclose(recall[:, k], coco["recall"][:, label - 1], atol=1e-12)
+    missing = sorted(set(range(1, 5)) - set(categories))  # never seen: pycocotools has -1 there
+    assert (coco["precision"][:, :, [c - 1 for c in missing]] == -1).all()
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_per_class_equals_pycocotools(iou_type):
+    predictions, targets = random_scene(4, num_images=20)
+    evaluator = CocoEvaluator(iou_type)
+    for pred, target in zip(predictions, targets, strict=True):
+        evaluator.add(pred, target)
+    per_class = evaluator.per_class()
+    assert per_class == per_class_ap(*evaluate_curves(predictions, targets, iou_type)[::2])
+    coco = pycocotools_eval(predictions, targets, iou_type).eval["precision"]  # (T, R, K, A, M)
+
+    def mean(p):
+        return float(np.mean(p[p > -1])) if (p > -1).any() else -1.0
+
+    assert set(per_class) == {1, 2, 3, 4}  # class 4 only among the detections: AP undefined
+    for label, ap in per_class.items():
+        p = coco[:, :, label - 1, 0, -1]  # (T, R): all areas, 100 detections
+        assert ap["AP"] == pytest.approx(mean(p), abs=1e-12)
+        assert ap["AP50"] == pytest.approx(mean(p[0]), abs=1e-12)
+        assert ap["AP75"] == pytest.approx(mean(p[5]), abs=1e-12)
+    assert per_class[4] == {"AP": -1.0, "AP50": -1.0, "AP75": -1.0}
+
+
+def mask_forms(masks: torch.Tensor) -> dict:
+    """One (K, H, W) bool mask stack in every form `add` takes."""
+    mask_utils = importlib.import_module("pycocotools.mask")
+    h, w = masks.shape[-2:]
+    probabilities = torch.where(masks, 0.5 + 0.5 * torch.rand(masks.shape), 0.5 * torch.rand(masks.shape))
+    return {
+        "bool": masks,
+        "uint8": masks.to(torch.uint8),
+        "float": probabilities,  # > 0.5 is foreground; exactly 0.5 is not
+        "float (K, 1, H, W)": probabilities[:, None],
+        "numpy bool": masks.numpy(),
+        "RLE str": [
+            {"size": [h, w], "counts": r["counts"].decode("ascii")}
+            for r in (mask_utils.encode(np.asfortranarray(m.numpy().astype(np.uint8))) for m in masks)
+        ],
+        "RLE list": [{"size": [h, w], "counts": rle_encode(m.numpy())} for m in masks],
+    }
+
+
+def test_mask_forms_give_equal_results():
+    torch.manual_seed(0)
+    predictions, targets = random_scene(7, num_images=6)
+    expected = evaluate(predictions, targets, "segm")
+    assert expected["AP"] > 0
+    forms = [mask_forms(p["masks"]) for p in predictions], [mask_forms(t["masks"]) for t in targets]
+    for name in forms[0][0]:
+        evaluator = CocoEvaluator("segm")
+        for pred, target, pred_forms, target_forms in zip(predictions, targets, *forms, strict=True):
+            evaluator.add({**pred, "masks": pred_forms[name]}, {**target, "masks": target_forms[name]})
+        assert evaluator.summarize() == expected, name
+
+
+def test_evaluator_memory_grows_with_detections_not_pixels():
+    # Streaming N images of 256 x 256 with 50 detections each (ten images, cycled, so that the worst
+    # single image is the same in both runs): the evaluator keeps about 90 bytes a detection, plus one
+    # image's matching temporaries, whereas lists of the masks would hold N * 50 * 256 * 256 bytes
+    # even as bool, 10x more for 100 images than for 10. tracemalloc sees numpy's allocations.
+    def image(i: int, size=256, num_dt=50, num_gt=6):
+        rng = np.random.default_rng(i)
+        corners = rng.integers(0, size - 64, size=(num_gt, 2))
+        sides = rng.integers(8, 64, size=(num_gt, 2))
+        gt_boxes = np.concatenate([corners, corners + sides], axis=1)
+        which = rng.integers(0, num_gt, size=num_dt)
+        dt_boxes = np.clip(gt_boxes[which] + rng.integers(-4, 5, size=(num_dt, 4)), 0, size)
+        labels = rng.integers(1, 4, size=num_gt)
+
+        def masks(boxes):
+            out = np.zeros((len(boxes), size, size), dtype=bool)
+            for k, (x1, y1, x2, y2) in enumerate(boxes):
+                out[k, y1:y2, x1:x2] = True
+            return out
+
+        pred = {"boxes": dt_boxes, "labels": labels[which], "scores": rng.random(num_dt), "masks": masks(dt_boxes)}
+        return pred, {"boxes": gt_boxes, "labels": labels, "masks": masks(gt_boxes)}
+
+    def stream(num_images: int):
+        tracemalloc.start()
+        try:
+            evaluator = CocoEvaluator("segm")
+            for i in range(num_images):
+                evaluator.add(*image(i % 10))
+            stats = evaluator.summarize()
+            retained, peak = tracemalloc.get_traced_memory()  # bytes
+        finally:
+            tracemalloc.stop()
+        return stats, retained, peak
+
+    stream(2)  # warm-up: one-time allocations (imports, numpy caches) stay out of the numbers below
+    stats_10, retained_10, peak_10 = stream(10)
+    stats_100, retained_100, peak_100 = stream(100)
+    assert stats_10["AP50"] > 0.5 and stats_100["AP50"] == pytest.approx(stats_10["AP50"])
+    assert peak_100 < 1.5 * peak_10, (peak_10, peak_100)
+    assert peak_10 > 50 * 256 * 256  # at least one image's masks: the measurement sees numpy
+    assert (retained_100 - retained_10) / (90 * 50) < 200, (retained_10, retained_100)  # bytes a detection
+
+
+def test_evaluator_bad_input():
+    with pytest.raises(ValueError, match="CocoEvaluator: iou_type must be 'bbox' or 'segm', got 'keypoints'"):
+        CocoEvaluator("keypoints")
+    target = {**box_target([[0, 0, 2, 2]], [1]), "masks": torch.ones(1, 4, 4, dtype=torch.bool)}
+    pred = {**box_target([[0, 0, 2, 2]], [1]), "scores": torch.ones(1)}
+    evaluator = CocoEvaluator("segm")
+    with pytest.raises(ValueError, match=r"predictions\[0\]\['masks'\] must be \(K, H, W\) or \(K, 1, H, W\)"):
+        evaluator.add({**pred, "masks": torch.ones(1, 2, 4, 4)}, target)
+    with pytest.raises(ValueError, match=r"predictions\[0\]\['masks'\] are \(4, 5\) \(H, W\), targets\[0\]"):
+        evaluator.add({**pred, "masks": torch.ones(1, 4, 5)}, target)
+    with pytest.raises(ValueError, match=r"targets\[0\]\['masks'\]: a list of masks must hold COCO RLE dicts"):
+        evaluator.add({**pred, "masks": torch.ones(1, 4, 4)}, {**target, "masks": [[0, 0, 1, 1, 2, 2]]})
+    rles = [{"size": [4, 4], "counts": [16]}, {"size": [2, 8], "counts": [16]}]
+    with pytest.raises(ValueError, match=r"share one size, got \[\(2, 8\), \(4, 4\)\]"):
+        evaluator.add({**pred, "masks": rles}, target)
+    assert evaluator.num_images == 0  # nothing half-added
+    with pytest.raises(ValueError, match=r"CocoEvaluator.add: predictions\[0\] is missing \['scores'\]"):
+        CocoEvaluator("bbox").add(box_target([[0, 0, 1, 1]], [1]), box_target([[0, 0, 1, 1]], [1]))

@@ -2,66 +2,96 @@
 
 The annotation file is JSON with "images" ({"id", "file_name", "height", "width"}), "categories"
 ({"id", "name"}) and "annotations" ({"id", "image_id", "category_id", "bbox": [x, y, w, h],
-"segmentation": polygons or RLE, "iscrowd": 0/1, "area"}). Category ids may be any integers: they
-are mapped, in increasing order, to labels 1..C (0 is the background); `categories` lists the names
-by label. Masks are decoded by minimtl.data.masks (no pycocotools needed).
+"segmentation": polygons or RLE, "iscrowd": 0/1, "area"}). The whole file is checked when the
+dataset is built, so that a bad annotation stops you before training starts, with the file and the
+item named; only the image files themselves are read (and checked) item by item.
+
+* Categories: ids may be any distinct integers. They are mapped, in increasing order, to labels
+  1..C (0 is the background): `category_ids[label - 1]` is the file's id, `categories[label]` the
+  name, `label_of[id]` the label.
+* Masks: `masks=None` lets the data decide: on when every non-crowd annotation has a segmentation,
+  off when none has (a missing, None or empty one counts as none); a file with some of each is an
+  error. `masks=False` ignores segmentations (boxes only). Masks are decoded by minimtl.data.masks
+  (no pycocotools). A crowd without a segmentation covers its box.
+* Crowds (iscrowd=1, a region of many objects labelled as one): with `train=True` they are left
+  out of the targets (as torchvision and detectron2 do: there is no one object to learn); with
+  `train=False` they stay, with target["iscrowd"] 1, and COCO evaluation (minimtl.evaluation.coco)
+  treats them as regions where a detection is neither a hit nor a miss. `num_crowd` counts them.
+* Boxes with no width or height are left out (the count is in `skipped_boxes`): detectors cannot
+  learn from them. Images without annotations are kept, as negatives (K = 0).
+* Semantic targets (`semantic=True`, needs masks): an (H, W) map, 0 the background, each pixel the
+  label of the instance on top, crowd pixels IGNORE (255, skipped by the loss and by mean_iou).
+  "On top": the masks are painted in order of decreasing area (pixels of the decoded mask; ties in
+  file order, the later one on top), crowds included, so a smaller object lying on a larger one
+  wins, as it would in a photograph, and a crowd hides only what is larger than itself.
 
 An item is (image (3, H, W) float in [0, 1], target) with "boxes" (K, 4) xyxy, "labels" (K,),
-"masks" (K, H, W) uint8, "iscrowd" (K,), "area" (K,), "image_id". Boxes with no width or height
-are left out (the count is in `skipped_boxes`), as detectors cannot learn from them.
+"iscrowd" (K,), "area" (K,), "image_id"; "masks" (K, H, W) uint8 when masks are on; "semantic"
+(H, W) int64 when asked for.
 """
 
 import json
-from collections import defaultdict
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from minimtl.data.images import read_image
 from minimtl.data.loader import split_key
-from minimtl.data.masks import decode_segmentation
+from minimtl.data.masks import check_segmentation, decode_segmentation
+
+IGNORE = 255  # the semantic label of crowd pixels (the ignore_index of the loss and of mean_iou)
 
 
 class CocoDataset(Dataset):
-    def __init__(self, annotation_file, image_dir, transforms=None, seed: int = 0, masks: bool = True):
+    """A COCO-format annotation file and its image folder; see the module docstring."""
+
+    def __init__(
+        self,
+        annotation_file,
+        image_dir,
+        transforms=None,
+        seed: int = 0,
+        masks: bool | None = None,
+        *,
+        train: bool = False,
+        semantic: bool = False,
+    ):
         self.annotation_file, self.image_dir = Path(annotation_file), Path(image_dir)
-        self.transforms, self.seed, self.masks = transforms, seed, masks
-        try:
-            data = json.loads(self.annotation_file.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"CocoDataset: annotation file {self.annotation_file} does not exist") from None
-        except json.JSONDecodeError as error:
-            raise ValueError(f"CocoDataset: {self.annotation_file} is not valid JSON: {error}") from None
-        for key in ("images", "annotations", "categories"):
-            if not isinstance(data.get(key), list):
-                raise ValueError(f"CocoDataset: {self.annotation_file} needs a list {key!r}")
-        self.images = data["images"]
-        for i, image in enumerate(self.images):
-            missing = [k for k in ("id", "file_name", "height", "width") if k not in image]
-            if missing:
-                raise ValueError(f"CocoDataset: {self.annotation_file}: images[{i}] is missing {missing}")
-        category_ids = sorted(c["id"] for c in data["categories"])
-        self.label_of = {cid: label for label, cid in enumerate(category_ids, start=1)}
-        names = {c["id"]: c.get("name", str(c["id"])) for c in data["categories"]}
-        self.categories = ["background"] + [names[cid] for cid in category_ids]
-        image_ids = {image["id"] for image in self.images}
-        self.annotations = defaultdict(list)
+        self.transforms, self.seed, self.train, self.semantic = transforms, seed, train, semantic
+        data = _read_json(self.annotation_file)
+        self.images = _check_images(data["images"], self.annotation_file)
+        self.image_ids = [image["id"] for image in self.images]
+        self.image_sizes = [(image["height"], image["width"]) for image in self.images]
+        self.category_ids, names = _check_categories(data["categories"], self.annotation_file)
+        self.label_of = {cid: label for label, cid in enumerate(self.category_ids, start=1)}
+        self.categories = ["background"] + names
+        size_of = dict(zip(self.image_ids, self.image_sizes, strict=True))
+        self.annotations = {image_id: [] for image_id in self.image_ids}  # the kept ones, by image id
+        self.skipped_boxes = self.num_crowd = 0
         for i, ann in enumerate(data["annotations"]):
-            where = f"{self.annotation_file}: annotation {ann.get('id', f'#{i}')}"
-            missing = [k for k in ("image_id", "category_id", "bbox") if k not in ann]
-            if missing:
-                raise ValueError(f"CocoDataset: {where} is missing {missing}")
-            if ann["category_id"] not in self.label_of:
-                raise ValueError(f"CocoDataset: {where} has the unknown category id {ann['category_id']}")
-            if ann["image_id"] not in image_ids:
-                raise ValueError(f"CocoDataset: {where} refers to the unknown image id {ann['image_id']}")
-            if self.masks and "segmentation" not in ann:
-                raise ValueError(f"CocoDataset: {where} has no 'segmentation' (use masks=False for boxes only)")
-            self.annotations[ann["image_id"]].append(ann)
-        self.skipped_boxes = sum(
-            1 for anns in self.annotations.values() for a in anns if a["bbox"][2] <= 0 or a["bbox"][3] <= 0
-        )
+            _check_annotation(ann, i, self.annotation_file, size_of, self.label_of)
+            self.num_crowd += bool(ann.get("iscrowd", 0))
+            if ann["bbox"][2] == 0 or ann["bbox"][3] == 0:
+                self.skipped_boxes += 1
+            else:
+                self.annotations[ann["image_id"]].append(ann)
+        kept = [a for anns in self.annotations.values() for a in anns]
+        self.masks = _resolve_masks(masks, kept, self.annotation_file)
+        if self.masks:
+            for ann in kept:
+                if _has_segmentation(ann):
+                    try:
+                        check_segmentation(ann["segmentation"], *size_of[ann["image_id"]])
+                    except ValueError as error:
+                        raise ValueError(f"CocoDataset: {_where(self.annotation_file, ann)}: {error}") from None
+        if semantic and not self.masks:
+            raise ValueError(
+                f"CocoDataset: semantic=True paints instance masks, but masks are off for {self.annotation_file} "
+                f"(masks={masks!r}; no annotation has a 'segmentation', or masks=False was given)"
+            )
 
     def __len__(self) -> int:
         return len(self.images)
@@ -70,45 +100,197 @@ class CocoDataset(Dataset):
         """key: an index, or (index, salt): the same image, augmented differently for each salt."""
         index, salt = split_key(key)
         info = self.images[index]
-        path = self.image_dir / info["file_name"]
-        if not path.exists():
-            raise FileNotFoundError(f"CocoDataset: image {path} (image id {info['id']}) does not exist")
-        from PIL import Image  # Pillow comes with matplotlib
-
-        with Image.open(path) as im:
-            image = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
-        h, w = int(info["height"]), int(info["width"])
-        if image.shape[1:] != (h, w):
-            raise ValueError(
-                f"CocoDataset: {path} is {image.shape[2]} x {image.shape[1]}, the annotations say {w} x {h}"
-            )
-        anns = [a for a in self.annotations[info["id"]] if a["bbox"][2] > 0 and a["bbox"][3] > 0]
-        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        image = self._read_image(info)
+        h, w = self.image_sizes[index]
+        anns = self.annotations[info["id"]]
+        crowd = [bool(a.get("iscrowd", 0)) for a in anns]
+        keep = [not (self.train and c) for c in crowd]  # training leaves the crowds out
+        objects = [a for a, k in zip(anns, keep, strict=True) if k]
+        boxes = torch.tensor([a["bbox"] for a in objects], dtype=torch.float32).reshape(-1, 4)  # (K, 4) xywh
         boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
         target = {
             "boxes": boxes,
-            "labels": torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64),
-            "iscrowd": torch.tensor([int(a.get("iscrowd", 0)) for a in anns], dtype=torch.int64),
-            "area": torch.tensor([float(a.get("area", a["bbox"][2] * a["bbox"][3])) for a in anns]),
+            "labels": torch.tensor([self.label_of[a["category_id"]] for a in objects], dtype=torch.int64),
+            "iscrowd": torch.tensor([int(a.get("iscrowd", 0)) for a in objects], dtype=torch.int64),
+            "area": torch.tensor([float(a.get("area", a["bbox"][2] * a["bbox"][3])) for a in objects]),
             "image_id": int(info["id"]),
         }
-        if self.masks:
-            masks = []
-            for a in anns:
-                try:
-                    masks.append(decode_segmentation(a["segmentation"], h, w))
-                except ValueError as error:
-                    raise ValueError(
-                        f"CocoDataset: {self.annotation_file}: annotation {a.get('id')}: {error}"
-                    ) from None
-            target["masks"] = (
-                torch.from_numpy(np.stack(masks).astype(np.uint8))
-                if masks
-                else torch.zeros((0, h, w), dtype=torch.uint8)
-            )
+        if self.masks:  # the semantic map needs the crowds' masks, even when the targets leave them out
+            masks = [self._decode(a, h, w) if k or self.semantic else None for a, k in zip(anns, keep, strict=True)]
+            kept_masks = [m for m, k in zip(masks, keep, strict=True) if k]
+            target["masks"] = torch.from_numpy(_stack(kept_masks, h, w).astype(np.uint8))  # (K, H, W)
+            if self.semantic:
+                labels = [self.label_of[a["category_id"]] for a in anns]
+                target["semantic"] = semantic_map(_stack(masks, h, w), labels, crowd)  # (H, W)
         if self.transforms is not None:
             generator = torch.Generator().manual_seed(
                 int(np.random.default_rng([self.seed, index, salt]).integers(2**62))
             )
             image, target = self.transforms(image, target, generator)
         return image, target
+
+    def check_image_files(self) -> None:
+        """Every image file exists (a stat each, no decoding): call before a long run to fail at once."""
+        missing = [info for info in self.images if not (self.image_dir / info["file_name"]).is_file()]
+        if missing:
+            first = missing[0]
+            raise FileNotFoundError(
+                f"CocoDataset: image {self.image_dir / first['file_name']} (image id {first['id']}, listed in "
+                f"{self.annotation_file}) does not exist"
+                + (f"; {len(missing) - 1} more are missing" if len(missing) > 1 else "")
+            )
+
+    def _read_image(self, info: dict) -> torch.Tensor:
+        """The image of one entry of "images", checked against its height and width: (3, H, W)."""
+        path = self.image_dir / info["file_name"]
+        try:
+            image = read_image(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"CocoDataset: image {path} (image id {info['id']}) does not exist") from None
+        except ValueError as error:
+            raise ValueError(f"CocoDataset: image id {info['id']}: {error}") from None
+        if image.shape[1:] != (info["height"], info["width"]):
+            raise ValueError(
+                f"CocoDataset: image {path} (image id {info['id']}) is {image.shape[2]} x {image.shape[1]} "
+                f"(width x height), {self.annotation_file} says {info['width']} x {info['height']}"
+            )
+        return image
+
+    def _decode(self, ann: dict, h: int, w: int) -> np.ndarray:
+        """The (H, W) bool mask of an annotation; a crowd without a segmentation covers its box."""
+        if not _has_segmentation(ann):
+            mask = np.zeros((h, w), dtype=bool)
+            x, y, bw, bh = ann["bbox"]
+            # the pixels whose centre (c + 0.5) lies in [x, x + w): c from ceil(x - 0.5) to ceil(x + w - 0.5) - 1
+            mask[_centres(y, y + bh, h), _centres(x, x + bw, w)] = True
+            return mask
+        return decode_segmentation(ann["segmentation"], h, w)
+
+
+def semantic_map(masks: np.ndarray, labels: list[int], iscrowd: list[bool]) -> torch.Tensor:
+    """masks (K, H, W) bool -> (H, W) int64: 0 background, the label of the instance on top, IGNORE for crowds.
+    Instances are painted in order of decreasing area (stable), so the smaller of two overlapping ones wins."""
+    masks = np.asarray(masks, dtype=bool)  # uint8 masks would index as positions, not as a selection
+    out = np.zeros(masks.shape[1:], dtype=np.int64)  # (H, W)
+    areas = masks.sum(axis=(1, 2))  # (K,)
+    for k in np.argsort(-areas, kind="stable"):
+        out[masks[k]] = IGNORE if iscrowd[k] else labels[k]
+    return torch.from_numpy(out)
+
+
+def _stack(masks: list[np.ndarray], h: int, w: int) -> np.ndarray:
+    """K (H, W) masks -> (K, H, W) bool, also for K = 0."""
+    return np.stack(masks) if masks else np.zeros((0, h, w), dtype=bool)
+
+
+def _centres(start: float, end: float, size: int) -> slice:
+    return slice(max(0, math.ceil(start - 0.5)), min(size, math.ceil(end - 0.5)))
+
+
+def _where(file: Path, ann, i: int | None = None) -> str:
+    """How an error names an annotation: by its id, else by its place in the list (or its image)."""
+    fallback = f"#{i}" if i is not None else f"without an id (image id {ann.get('image_id')})"
+    return f"{file}: annotation {ann.get('id', fallback) if isinstance(ann, dict) else fallback}"
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _has_segmentation(ann: dict) -> bool:
+    return ann.get("segmentation") not in (None, [], {})
+
+
+def _read_json(file: Path) -> dict:
+    try:
+        data = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"CocoDataset: annotation file {file} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"CocoDataset: {file} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"CocoDataset: {file} is not a COCO file: expected a JSON object, got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            got = "nothing" if key not in data else type(data[key]).__name__
+            raise ValueError(f"CocoDataset: {file} is not a COCO file: it needs a list {key!r}, got {got}")
+    return data
+
+
+def _check_images(images: list, file: Path) -> list[dict]:
+    seen = {}
+    for i, image in enumerate(images):
+        if not isinstance(image, dict):
+            raise ValueError(f"CocoDataset: {file}: images[{i}] must be an object, got {type(image).__name__}")
+        missing = [k for k in ("id", "file_name", "height", "width") if k not in image]
+        if missing:
+            raise ValueError(f"CocoDataset: {file}: images[{i}] is missing {missing}")
+        if not _is_int(image["id"]):
+            raise ValueError(f"CocoDataset: {file}: images[{i}] has the id {image['id']!r}, expected an integer")
+        for k in ("height", "width"):
+            if not _is_int(image[k]) or image[k] <= 0:
+                raise ValueError(
+                    f"CocoDataset: {file}: image {image['id']} has the {k} {image[k]!r}, expected an integer > 0"
+                )
+        if image["id"] in seen:
+            first = seen[image["id"]]
+            raise ValueError(f"CocoDataset: {file}: image id {image['id']} appears twice: images[{first}] and [{i}]")
+        seen[image["id"]] = i
+    return images
+
+
+def _check_categories(categories: list, file: Path) -> tuple[list[int], list[str]]:
+    """The category ids in increasing order, and their names."""
+    names = {}
+    for i, category in enumerate(categories):
+        if not isinstance(category, dict) or not _is_int(category.get("id")):
+            raise ValueError(f"CocoDataset: {file}: categories[{i}] needs an integer 'id', got {category!r:.80}")
+        if category["id"] in names:
+            raise ValueError(f"CocoDataset: {file}: category id {category['id']} appears twice")
+        names[category["id"]] = str(category.get("name", category["id"]))
+    ids = sorted(names)
+    return ids, [names[cid] for cid in ids]
+
+
+def _check_annotation(ann, i: int, file: Path, size_of: dict, label_of: dict) -> None:
+    """What the JSON alone can tell about one annotation; segmentations are checked once masks are decided."""
+    where = _where(file, ann, i)
+    if not isinstance(ann, dict):
+        raise ValueError(f"CocoDataset: {where} must be an object, got {type(ann).__name__}")
+    missing = [k for k in ("image_id", "category_id", "bbox") if k not in ann]
+    if missing:
+        raise ValueError(f"CocoDataset: {where} is missing {missing}")
+    if ann["category_id"] not in label_of:
+        raise ValueError(f"CocoDataset: {where} has the unknown category id {ann['category_id']!r}")
+    if ann["image_id"] not in size_of:
+        raise ValueError(f"CocoDataset: {where} refers to the unknown image id {ann['image_id']!r}")
+    bbox = ann["bbox"]
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+        raise ValueError(f"CocoDataset: {where}: bbox must be 4 finite numbers [x, y, width, height], got {bbox!r:.80}")
+    if bbox[2] < 0 or bbox[3] < 0:
+        raise ValueError(f"CocoDataset: {where}: bbox {bbox} has a negative width or height")
+    if ann.get("iscrowd", 0) not in (0, 1):
+        raise ValueError(f"CocoDataset: {where}: iscrowd must be 0 or 1, got {ann['iscrowd']!r}")
+
+
+def _resolve_masks(masks: bool | None, anns: list[dict], file: Path) -> bool:
+    """masks=None: on when every non-crowd annotation has a segmentation, off when none has."""
+    if masks is False:
+        return False
+    if masks not in (None, True):
+        raise ValueError(f"CocoDataset: masks must be None, True or False, got {masks!r}")
+    objects = [a for a in anns if not a.get("iscrowd", 0)]
+    lacking = [a for a in objects if not _has_segmentation(a)]
+    having = len(objects) - len(lacking)
+    if lacking and (having or masks):
+        others = f"{having} other annotations have one" if having else "no annotation has one (masks=True)"
+        raise ValueError(
+            f"CocoDataset: {_where(file, lacking[0])} has no 'segmentation' (or an empty one), but {others}; "
+            "give every object a segmentation, or pass masks=False to train on boxes only"
+        )
+    # only crowds, or no annotations at all: masks when a crowd has one, or when asked for
+    return bool(masks) or having > 0 or (not objects and any(_has_segmentation(a) for a in anns))

@@ -10,8 +10,14 @@
   a 5x upsampled grid, the points where it crosses a column's pixel centre are collected, and each
   column is filled between consecutive crossings. A pixel is inside when its centre is.
 
+Writing: encode_rle(mask) gives COCO's compressed form {"size": [H, W], "counts": str}, the very string
+pycocotools.mask.encode writes. check_segmentation validates a segmentation without rasterising it
+(cheap enough to run on every annotation of a file before training starts).
+
 Shapes: a mask is (H, W), bool. Several polygons (or RLEs) of one object are merged by union.
 """
+
+import numbers
 
 import numpy as np
 
@@ -56,7 +62,9 @@ def rle_counts_to_string(counts: list[int]) -> str:
 def rle_decode(counts: list[int], height: int, width: int) -> np.ndarray:
     """An (H, W) bool mask from RLE runs (column-major, starting with 0s)."""
     counts = np.asarray(counts, dtype=np.int64)
-    if counts.sum() != height * width or (counts < 0).any():
+    if (counts < 0).any():
+        raise ValueError(f"RLE runs must not be negative, got {int(counts.min())}")
+    if counts.sum() != height * width:
         raise ValueError(f"RLE runs sum to {int(counts.sum())}, not height * width = {height * width}")
     values = np.arange(len(counts)) % 2 == 1  # 0s, 1s, 0s, ...
     return np.repeat(values, counts).reshape(width, height).T
@@ -69,6 +77,17 @@ def rle_encode(mask: np.ndarray) -> list[int]:
     bounds = np.concatenate([[0], changes, [flat.size]])
     runs = np.diff(bounds).tolist()
     return ([0] + runs) if flat.size and flat[0] else runs
+
+
+def encode_rle(mask: np.ndarray) -> dict:
+    """COCO's compressed RLE of an (H, W) bool mask: {"size": [H, W], "counts": str}."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"encode_rle: mask must be an (H, W) array, got shape {mask.shape}")
+    if mask.dtype != bool:
+        # no silent threshold: a float mask of probabilities would need one, and 0 vs 0.5 matters
+        raise ValueError(f"encode_rle: mask must be a bool array (e.g. probs > 0.5), got {mask.dtype}")
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": rle_counts_to_string(rle_encode(mask))}
 
 
 def polygon_to_mask(polygon: list[float], height: int, width: int) -> np.ndarray:
@@ -124,21 +143,71 @@ def polygon_to_mask(polygon: list[float], height: int, width: int) -> np.ndarray
     return rle_decode(merged, height, width)
 
 
+def _is_number(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _is_integer(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _check_polygon(polygon) -> None:
+    if isinstance(polygon, np.ndarray):
+        numbers_only = polygon.ndim == 1 and np.issubdtype(polygon.dtype, np.number)
+    else:  # the set of types first: a whole COCO file has millions of coordinates to check
+        numbers_only = isinstance(polygon, (list, tuple)) and (
+            set(map(type, polygon)) <= {int, float} or all(_is_number(v) for v in polygon)
+        )
+    if not numbers_only:
+        raise ValueError(f"a polygon must be a list of numbers [x0, y0, x1, y1, ...], got {polygon!r:.60}")
+    if len(polygon) < 6 or len(polygon) % 2:
+        raise ValueError(f"a polygon needs at least 3 (x, y) points, got {len(polygon)} numbers")
+
+
+def _rle_counts(segmentation: dict, height: int, width: int) -> list[int]:
+    """The runs of an RLE dict, after checking its size against the image's."""
+    size = segmentation.get("size", [height, width])
+    if not isinstance(size, (list, tuple)) or len(size) != 2:
+        raise ValueError(f"an RLE's size must be [height, width], got {size!r}")
+    if (size[0], size[1]) != (height, width):
+        raise ValueError(f"RLE of size {size[0]} x {size[1]} for an image of {height} x {width}")
+    counts = segmentation["counts"]
+    if isinstance(counts, (str, bytes)):
+        return rle_counts_from_string(counts)
+    if isinstance(counts, np.ndarray) and counts.ndim == 1 and np.issubdtype(counts.dtype, np.integer):
+        return counts.tolist()
+    integers_only = isinstance(counts, (list, tuple)) and (
+        set(map(type, counts)) <= {int} or all(_is_integer(c) for c in counts)
+    )
+    if not integers_only:
+        raise ValueError(f"an RLE's counts must be a string or a list of integers, got {counts!r:.60}")
+    return counts
+
+
+def check_segmentation(segmentation, height: int, width: int) -> None:
+    """Raise ValueError if decode_segmentation would: bad polygons, an RLE of the wrong size or sum."""
+    if isinstance(segmentation, list):
+        for polygon in segmentation:
+            _check_polygon(polygon)
+        return
+    if isinstance(segmentation, dict) and "counts" in segmentation:
+        counts = _rle_counts(segmentation, height, width)
+        if counts and min(counts) < 0:
+            raise ValueError(f"RLE runs must not be negative, got {min(counts)}")
+        if sum(counts) != height * width:
+            raise ValueError(f"RLE runs sum to {sum(counts)}, not height * width = {height * width}")
+        return
+    raise ValueError(f"segmentation must be a list of polygons or an RLE dict, got {type(segmentation).__name__}")
+
+
 def decode_segmentation(segmentation, height: int, width: int) -> np.ndarray:
     """A COCO "segmentation" (polygons, uncompressed or compressed RLE) as an (H, W) bool mask."""
     if isinstance(segmentation, list):  # polygons of one object
         mask = np.zeros((height, width), dtype=bool)
         for polygon in segmentation:
-            if len(polygon) < 6 or len(polygon) % 2:
-                raise ValueError(f"a polygon needs at least 3 (x, y) points, got {len(polygon)} numbers")
+            _check_polygon(polygon)
             mask |= polygon_to_mask(polygon, height, width)
         return mask
     if isinstance(segmentation, dict) and "counts" in segmentation:
-        h, w = segmentation.get("size", (height, width))
-        if (h, w) != (height, width):
-            raise ValueError(f"RLE of size {h} x {w} for an image of {height} x {width}")
-        counts = segmentation["counts"]
-        if isinstance(counts, (str, bytes)):
-            counts = rle_counts_from_string(counts)
-        return rle_decode(counts, height, width)
+        return rle_decode(_rle_counts(segmentation, height, width), height, width)
     raise ValueError(f"segmentation must be a list of polygons or an RLE dict, got {type(segmentation).__name__}")

@@ -18,8 +18,16 @@ A model may combine its loss terms itself: if it has `total_loss(losses)` (Multi
 what is backpropagated, and its `loss_weights()` are logged. With `pcgrad=True` each task's
 gradient is computed apart and conflicting components projected out (minimtl.losses.pcgrad).
 
-Under torchrun the same loop runs with DistributedDataParallel: each process takes its slice of
-every global batch (batch_size images per process), and the gradients are averaged.
+Validation: with an `evaluator` (a function model -> {metric: value}, e.g. {"box.AP": 0.41}) and
+`eval_every` > 0, the model is evaluated every eval_every steps and at the end; the numbers go to
+metrics.jsonl as {"step": s, "eval": {...}}, and best.pt keeps the checkpoint with the best
+`eval_metric` (higher is better) beside last.pt.
+
+Under torchrun the same loop runs with DistributedDataParallel: `batch_size` is the images of one
+step in all, each process takes its share (batch_size / world_size), the gradients are averaged,
+and the logged losses are the processes' mean, so one process with batch B and two with B / 2 each
+log the same losses (up to the samplers' random draws). Only rank 0 writes (checkpoints, the log)
+and evaluates.
 """
 
 import hashlib
@@ -43,7 +51,7 @@ from minimtl.losses.pcgrad import pcgrad_backward
 @dataclass
 class TrainConfig:
     steps: int = 1000
-    batch_size: int = 4  # images per process and step
+    batch_size: int = 4  # images per step, all processes together
     optimizer: str = "sgd"  # sgd or adamw
     lr: float = 0.02
     momentum: float = 0.9
@@ -64,6 +72,8 @@ class TrainConfig:
     resume: bool = True  # continue from output_dir/last.pt if it exists
     progress: bool = True  # a tqdm progress bar
     pcgrad: bool = False  # PCGrad gradient surgery between the tasks of a multi-task model
+    eval_every: int = 0  # evaluate every this many steps (and at the end) when given an evaluator; 0: never
+    eval_metric: str | None = None  # the metric best.pt is chosen by (e.g. "box.AP"); None: the evaluator's first
 
     def __post_init__(self):
         if self.optimizer not in ("sgd", "adamw"):
@@ -72,6 +82,11 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: schedule must be 'cosine' or 'step', got {self.schedule!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"TrainConfig: steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if self.eval_every < 0 or self.log_every < 1 or self.checkpoint_every < 1:
+            raise ValueError(
+                "TrainConfig: eval_every must be >= 0, log_every and checkpoint_every >= 1, got "
+                f"{self.eval_every}, {self.log_every}, {self.checkpoint_every}"
+            )
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -131,10 +146,26 @@ def learning_rate_factor(step: int, config: TrainConfig) -> float:
 
 
 class Trainer:
-    def __init__(self, model: torch.nn.Module, dataset, config: TrainConfig, log=print, metadata: dict | None = None):
-        """metadata: saved in every checkpoint as is (e.g. the model's config and the class names)."""
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        dataset,
+        config: TrainConfig,
+        log=print,
+        metadata: dict | None = None,
+        evaluator=None,
+    ):
+        """metadata: saved in every checkpoint as is (e.g. the model's config and the class names).
+        evaluator: model -> {metric: value}, run every config.eval_every steps (see the module docstring)."""
         self.config, self.dataset, self.log, self.metadata = config, dataset, log, metadata or {}
+        self.evaluator = evaluator
         self.rank, self.world = _world()
+        if config.batch_size % self.world:
+            raise ValueError(
+                f"TrainConfig: batch_size {config.batch_size} (images per step, all processes) must be a multiple "
+                f"of the number of processes, {self.world}"
+            )
+        self.local_batch_size = config.batch_size // self.world
         self.device = pick_device(config.device)
         if self.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))
@@ -168,6 +199,7 @@ class Trainer:
             if self.ddp is not None:
                 raise ValueError("TrainConfig.pcgrad is not supported under DistributedDataParallel")
         self.step = 0
+        self.best: dict | None = None  # {"metric", "value", "step"} of best.pt
         self.output_dir = Path(config.output_dir)
         self.is_main = self.rank == 0
 
@@ -176,6 +208,10 @@ class Trainer:
     @property
     def checkpoint_path(self) -> Path:
         return self.output_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.output_dir / "best.pt"
 
     @property
     def metrics_path(self) -> Path:
@@ -196,6 +232,7 @@ class Trainer:
             },
             "config": asdict(self.config),
             "metadata": self.metadata,
+            "best": self.best,
         }
 
     def save_checkpoint(self) -> None:
@@ -216,6 +253,7 @@ class Trainer:
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
         self.step = state["step"]
+        self.best = state.get("best")
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -235,13 +273,13 @@ class Trainer:
             if self.is_main and self.metrics_path.exists():
                 self.metrics_path.unlink()  # a fresh run: a fresh log
         sampler = StepSampler(
-            len(self.dataset), config.batch_size, config.seed, self.step, config.steps, self.rank, self.world
+            len(self.dataset), self.local_batch_size, config.seed, self.step, config.steps, self.rank, self.world
         )
         # The loader's own generator: creating an iterator must not consume the global random state,
         # or a resumed run would drift from an uninterrupted one.
         loader = DataLoader(
             self.dataset,
-            batch_size=config.batch_size,
+            batch_size=self.local_batch_size,
             sampler=sampler,
             collate_fn=collate,
             num_workers=config.num_workers,
@@ -280,7 +318,7 @@ class Trainer:
             images_seen += len(images) * self.world
             if self.step % config.log_every == 0 or self.step == config.steps:
                 elapsed = time.perf_counter() - tick
-                line = {"step": self.step, "loss": total.item(), **{k: v.item() for k, v in losses.items()}}
+                line = {"step": self.step, **self._mean_over_processes({"loss": total, **losses})}
                 line["lr"] = self.optimizer.param_groups[0]["lr"]
                 if hasattr(self.model, "loss_weights"):
                     line.update({f"weight_{task}": w for task, w in self.model.loss_weights().items()})
@@ -294,13 +332,44 @@ class Trainer:
                     progress.set_postfix(loss=f"{line['loss']:.3f}", img_s=f"{line['images_per_s']:.1f}")
             if progress is not None:
                 progress.update(1)
-            if self.step % config.checkpoint_every == 0 or self.step == config.steps:
+            last = self.step == config.steps
+            if self.evaluator is not None and config.eval_every and (self.step % config.eval_every == 0 or last):
+                self._validate(network)
+            if self.step % config.checkpoint_every == 0 or last:
                 self.save_checkpoint()
         if progress is not None:
             progress.close()
         if self.world > 1:  # leave together: no process goes on (or exits) before the last checkpoint is written
             torch.distributed.barrier()
         return written
+
+    def _mean_over_processes(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Each loss averaged over the processes (every process calls this at the same steps)."""
+        stacked = torch.stack([v.detach().float() for v in values.values()])
+        if self.world > 1:
+            torch.distributed.all_reduce(stacked)
+            stacked /= self.world
+        return dict(zip(values, stacked.tolist(), strict=True))
+
+    def _validate(self, network) -> None:
+        """Evaluate (rank 0 only; the others wait), log the numbers, remember the best step."""
+        if self.is_main:
+            metrics = {k: float(v) for k, v in self.evaluator(self.model).items()}
+            network.train()
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps({"step": self.step, "eval": metrics}) + "\n")
+            name = self.config.eval_metric or next(iter(metrics), None)
+            if name not in metrics:
+                raise ValueError(
+                    f"TrainConfig.eval_metric {name!r} is not among the evaluation's metrics: {sorted(metrics)}"
+                )
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+            self.log(f"step {self.step}: {shown}")
+            if self.best is None or metrics[name] > self.best["value"]:
+                self.best = {"metric": name, "value": metrics[name], "step": self.step}
+                save_checkpoint(self.state(), self.best_path)
+        if self.world > 1:
+            torch.distributed.barrier()
 
     def _backward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         """Backpropagate the step's loss; returns it (detached when PCGrad computes the gradients)."""

@@ -29,7 +29,12 @@ def confusion_matrix(predictions, targets, num_classes: int, ignore_index: int =
 
 def mean_iou(predictions, targets, num_classes: int, ignore_index: int = 255) -> dict:
     """{"mIoU": float, "IoU": per-class list (nan for a class that never occurs), "pixel_accuracy": float}."""
-    matrix = confusion_matrix(predictions, targets, num_classes, ignore_index).double()
+    return scores_from_confusion(confusion_matrix(predictions, targets, num_classes, ignore_index))
+
+
+def scores_from_confusion(matrix: Tensor) -> dict:
+    """mean_iou's dict from a (C, C) confusion matrix (e.g. one summed image by image)."""
+    matrix = matrix.double()
     tp = matrix.diagonal()
     union = matrix.sum(0) + matrix.sum(1) - tp
     iou = torch.where(union > 0, tp / union.clamp(min=1), torch.nan)

@@ -20,12 +20,10 @@ from pathlib import Path
 
 import torch
 
-from minimtl.cli import DEMO_MODEL, DEMO_TRAIN
-from minimtl.data import ShapesDataset
-from minimtl.data.transforms import default_train_transforms
-from minimtl.engine import TrainConfig, Trainer, predict
-from minimtl.evaluation import evaluate, mean_iou
-from minimtl.models.multitask import MultiTaskConfig, MultiTaskRCNN
+from minimtl.app import run as app
+from minimtl.app.config import DataSection, ModelSection, RunConfig
+from minimtl.app.presets import SMALL_MODEL, SMALL_TRAIN
+from minimtl.engine import TrainConfig
 
 # (name, heads and weighting): the rows of the table.
 ROWS = [
@@ -38,18 +36,17 @@ ROWS = [
     ("joint, GradNorm", dict(loss_strategy="gradnorm")),
     ("joint, fixed + PCGrad", dict(loss_strategy="fixed", pcgrad=True)),
 ]
-# The demo's model (minimtl/cli.py), plus the semantic head.
+# The demo's model (the "small" preset, minimtl/app/presets.py), plus the semantic head.
 MODEL = {
-    "backbone": "resnet18",
-    **DEMO_MODEL,
+    **{k: v for k, v in SMALL_MODEL.items() if k != "kind"},
     "semantic": True,
     "semantic_head": "fpn",
     "semantic_channels": 64,
     "loss_options": {"dwa_period": 25},
 }
-# The demo's training (minimtl/cli.py), shorter: a CPU budget (8 rows x 3 seeds took 54 minutes on 2 cores).
-TRAIN = {**DEMO_TRAIN, "steps": 600, "checkpoint_every": 250, "progress": False}
-TEST_SEED = 1_000_003  # the demo's held-out images
+# The demo's training, shorter: a CPU budget (8 rows x 3 seeds took 54 minutes on 2 cores).
+TRAIN = {**SMALL_TRAIN, "steps": 600, "checkpoint_every": 250, "progress": False}
+TEST_SEED = app.SHAPES_TEST_SEED  # the demo's held-out images
 
 
 def run_one(name: str, row: dict, seed: int, steps: int, num_test: int, out: Path, log=print) -> dict:
@@ -63,24 +60,20 @@ def run_one(name: str, row: dict, seed: int, steps: int, num_test: int, out: Pat
             return stored
     row = dict(row)
     pcgrad = row.pop("pcgrad", False)
-    torch.manual_seed(seed)  # the initial weights
-    model = MultiTaskRCNN(MultiTaskConfig(num_classes=len(ShapesDataset.classes), **{**MODEL, **row}))
-    train_set = ShapesDataset(100_000, 128, seed=0, transforms=default_train_transforms())
-    config = TrainConfig(**{**TRAIN, "steps": steps, "seed": seed, "pcgrad": pcgrad, "output_dir": str(out)})
-    start = time.perf_counter()
-    Trainer(model, train_set, config, log=log).train()
-    train_seconds = time.perf_counter() - start
-
-    test_set = ShapesDataset(num_test, 128, seed=TEST_SEED)
-    predictions, targets = predict(model, test_set, batch_size=8)
-    result = {"settings": settings, "train_seconds": train_seconds, "weights": model.loss_weights()}
-    if model.config.detection:
-        result["box_AP"] = evaluate(predictions, targets, "bbox")["AP"]
-    if model.config.masks:
-        result["mask_AP"] = evaluate(predictions, targets, "segm")["AP"]
-    if model.config.semantic:
-        semantic = mean_iou([p["semantic"] for p in predictions], [t["semantic"] for t in targets], 4)
-        result["mIoU"] = semantic["mIoU"]
+    run = RunConfig(
+        model=ModelSection(kind="multitask", settings={**MODEL, **row}),
+        train=TrainConfig(**{**TRAIN, "steps": steps, "seed": seed, "pcgrad": pcgrad, "output_dir": str(out)}),
+        data=DataSection(image_size=128, min_size=128, max_size=128, num_test_images=num_test),
+    )
+    report = app.train(run, log=log)
+    test = report["test"]
+    result = {"settings": settings, "train_seconds": report["train_seconds"], "weights": report["loss_weights"]}
+    if "box" in test:
+        result["box_AP"] = test["box"]["AP"]
+    if "mask" in test:
+        result["mask_AP"] = test["mask"]["AP"]
+    if "semantic" in test:
+        result["mIoU"] = test["semantic"]["mIoU"]
     result_path.write_text(json.dumps(result, indent=1))
     return result
 

@@ -5,10 +5,13 @@
 
 Every keyword is a field of RCNNConfig (min_size and max_size as in torchvision). MultiTaskRCNN
 (minimtl/models/multitask.py) adds a semantic segmentation head and the multi-task loss weighting.
+load_backbone_weights(model, "resnet50.pth") starts the backbone from an ImageNet checkpoint
+(minimtl/models/pretrained.py).
 """
 
 from minimtl.models.convert import convert_torchvision_state_dict
 from minimtl.models.multitask import MultiTaskConfig, MultiTaskRCNN
+from minimtl.models.pretrained import load_backbone_weights
 from minimtl.models.rcnn import RCNN, RCNNConfig
 
 
@@ -44,6 +47,7 @@ __all__ = [
     "convert_torchvision_state_dict",
     "fasterrcnn_resnet18_fpn",
     "fasterrcnn_resnet50_fpn",
+    "load_backbone_weights",
     "maskrcnn_resnet18_fpn",
     "maskrcnn_resnet50_fpn",
 ]

@@ -1,0 +1,307 @@
+"""Train -> evaluate -> report, below the command line: what `python -m minimtl demo | train | eval`
+run, and what the experiments run.
+
+    run = config.resolve(presets.preset("small"), {"data": {"coco_annotations": "train.json"}})
+    report = train(run)                               # -> run.train.output_dir/{last,best}.pt, report.json, plots
+    results = evaluate_checkpoint("runs/train/last.pt")   # the same test set again, or another
+
+`prepare` turns the configuration into what training needs and decides what the data decides: the
+classes (and the file's category ids), whether there are masks to learn, the image size (the median
+shorter side of the training images, rounded to a multiple of 32, in [128, 1024], unless data.min_size
+is set), and semantic label maps for a multi-task model (derived from the instance masks). Each
+decision is a line in `notes`, printed before training starts.
+"""
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from minimtl.app.config import DataSection, ModelSection, RunConfig
+from minimtl.data import CocoDataset, ShapesDataset, default_train_transforms
+from minimtl.engine import Trainer, load_checkpoint, pick_device
+from minimtl.engine.distributed import init_from_environment
+from minimtl.engine.inference import evaluate_dataset
+from minimtl.models import RCNN, MultiTaskConfig, MultiTaskRCNN, RCNNConfig
+
+SHAPES_TEST_SEED = 1_000_003  # the held-out shapes: another seed than any training seed
+MIN_SIZE_LIMITS = (128, 1024)
+MAX_SIZE_LIMIT = 1333
+
+
+@dataclass
+class Prepared:
+    train_set: object
+    test_set: object | None
+    classes: list[str]  # names by label, "background" first
+    category_ids: list[int] | None  # the annotation file's id of each label 1..C (None: shapes)
+    model_config: RCNNConfig
+    notes: list[str] = field(default_factory=list)
+
+
+def image_size_from_data(sizes: list[tuple[int, int]]) -> tuple[int, int]:
+    """(min_size, max_size) from the images' (height, width): the median shorter side rounded to a
+    multiple of 32 within MIN_SIZE_LIMITS, and the median aspect ratio's longer side, at most 1333."""
+    short = statistics.median(min(h, w) for h, w in sizes)
+    ratio = statistics.median(max(h, w) / max(min(h, w), 1) for h, w in sizes)
+    min_size = int(min(max(round(short / 32) * 32, MIN_SIZE_LIMITS[0]), MIN_SIZE_LIMITS[1]))
+    max_size = int(min(max(round(min_size * ratio / 32) * 32, min_size), MAX_SIZE_LIMIT))
+    return min_size, max_size
+
+
+def prepare(run: RunConfig) -> Prepared:
+    """The datasets, classes and model config a run trains with; raises ValueError on bad data."""
+    data, model = run.data, run.model
+    notes = []
+    semantic = model.kind == "multitask" and model.settings.get("semantic", True)
+    detection = model.kind == "rcnn" or model.settings.get("detection", True)
+    masks_wanted = model.settings.get("masks")  # None: as the data allows
+    if data.is_coco:
+        images = data.coco_images or str(Path(data.coco_annotations).parent)
+        transforms = default_train_transforms() if data.augment else None
+        masks = None if masks_wanted is None else (masks_wanted or semantic)
+        train_set = CocoDataset(data.coco_annotations, images, transforms=transforms, masks=masks, train=True,
+                                semantic=semantic)  # fmt: skip
+        train_set.check_image_files()
+        has_masks = train_set.masks
+        if masks_wanted is None and not has_masks:
+            notes.append(f"{data.coco_annotations} has no masks (no 'segmentation'): training boxes only")
+        test_set = None
+        if data.coco_test_annotations:
+            test_set = CocoDataset(data.coco_test_annotations, data.coco_test_images or images, masks=has_masks,
+                                   train=False, semantic=semantic)  # fmt: skip
+            _check_same_categories(train_set, test_set, data.coco_annotations, data.coco_test_annotations)
+            test_set.check_image_files()
+        classes, category_ids = train_set.categories, train_set.category_ids
+        sizes = train_set.image_sizes
+        notes.append(
+            f"data: {len(train_set)} training images from {data.coco_annotations}"
+            + (f", {len(test_set)} test images from {data.coco_test_annotations}" if test_set else ", no test set")
+            + f"; {len(classes) - 1} classes: {', '.join(classes[1:])}"
+        )
+        if train_set.num_crowd:
+            notes.append(f"data: {train_set.num_crowd} crowd annotations (iscrowd=1) are not trained on")
+    else:
+        transforms = default_train_transforms() if data.augment else None
+        train_set = ShapesDataset(data.num_images, data.image_size, seed=data.seed, transforms=transforms)
+        test_set = ShapesDataset(data.num_test_images, data.image_size, seed=SHAPES_TEST_SEED)
+        classes, category_ids, has_masks = list(ShapesDataset.classes), None, True
+        sizes = [(data.image_size, data.image_size)]
+        notes.append(f"data: synthetic shapes, {data.image_size} x {data.image_size}, {len(test_set)} test images")
+    if masks_wanted and not has_masks:
+        raise ValueError(f"model.masks is true but {data.coco_annotations} has no masks ('segmentation')")
+    masks = has_masks and detection if masks_wanted is None else masks_wanted
+    auto_min, auto_max = image_size_from_data(sizes)
+    min_size = data.min_size or auto_min
+    max_size = data.max_size or max(auto_max, min_size)
+    if data.min_size is None:
+        notes.append(
+            f"image size: shorter side {min_size}, longer at most {max_size} (from the data: median shorter side "
+            f"{statistics.median(min(s) for s in sizes):g}; set data.min_size / data.max_size to choose)"
+        )
+    model_config = model.config(num_classes=len(classes), min_size=min_size, max_size=max_size, masks=masks)
+    return Prepared(train_set, test_set, classes, category_ids, model_config, notes)
+
+
+def _check_same_categories(train_set, test_set, train_file, test_file) -> None:
+    if test_set.category_ids != train_set.category_ids or test_set.categories != train_set.categories:
+        raise ValueError(
+            f"{test_file} and {train_file} list different categories: "
+            f"{dict(zip(test_set.category_ids, test_set.categories[1:], strict=True))} against "
+            f"{dict(zip(train_set.category_ids, train_set.categories[1:], strict=True))}"
+        )
+
+
+def build_model(model: ModelSection, config: RCNNConfig, log=print) -> RCNN:
+    """The network of a model section, with its pretrained backbone loaded when one is named."""
+    net = MultiTaskRCNN(config) if isinstance(config, MultiTaskConfig) else RCNN(config)
+    if model.backbone_weights:
+        from minimtl.models.pretrained import load_backbone_weights
+
+        summary = load_backbone_weights(net, model.backbone_weights)
+        log(f"backbone: {summary['loaded']} tensors from {model.backbone_weights}")
+    return net
+
+
+def finalize(run: RunConfig) -> RunConfig:
+    """What a setting implies: a pretrained backbone brings frozen BatchNorm and 3 trainable stages
+    (torchvision's choice for fine-tuning), unless the settings say otherwise."""
+    model = run.model
+    if not model.backbone_weights:
+        return run
+    settings = {"norm": "frozen_bn", "trainable_backbone_layers": 3, **model.settings}
+    model = ModelSection(kind=model.kind, backbone_weights=model.backbone_weights, settings=settings)
+    return RunConfig(model=model, train=run.train, data=run.data)
+
+
+def checkpoint_metadata(run: RunConfig, prepared: Prepared) -> dict:
+    return {
+        "model_kind": run.model.kind,
+        "model_config": asdict(prepared.model_config),
+        "classes": prepared.classes,
+        "category_ids": prepared.category_ids,
+        "run_config": run.to_dict(),
+    }
+
+
+def train(run: RunConfig, log=print, prepared: Prepared | None = None) -> dict:
+    """Train, evaluate the test set, write the report (rank 0). Returns the report dict ({} on other ranks).
+
+    prepared: prepare(finalize(run)), when the caller made it already (to report bad data before this)."""
+    device = pick_device(run.train.device)
+    rank, world = init_from_environment(device)
+    say = log if rank == 0 else (lambda *_: None)
+    run = finalize(run)
+    prepared = prepared or prepare(run)
+    out = Path(run.train.output_dir)
+    for note in prepared.notes:
+        say(note)
+    c, t = prepared.model_config, run.train
+    say(
+        f"model: {run.model.kind}, {c.backbone} width {c.backbone_width}, {c.norm}, masks {'on' if c.masks else 'off'}"
+        + (f", semantic head {c.semantic_head}" if getattr(c, "semantic", False) else "")
+        + f"; training: {t.steps} steps of {t.batch_size} images, {t.optimizer} lr {t.lr}, on {device}"
+        + (f" x {world} processes" if world > 1 else "")
+        + f"; output: {out}"
+    )
+    torch.manual_seed(t.seed)  # the initial weights
+    model = build_model(run.model, c, say)
+    evaluator, latest = None, {}
+    if prepared.test_set is not None and t.eval_every:
+
+        def evaluator(m):  # the latest results are kept: validation at the last step is the final report's
+            latest["test"] = evaluate(m, prepared.test_set, device, out, prepared.classes)
+            return flat_metrics(latest["test"])
+
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(run.to_json() + "\n")
+    start = time.perf_counter()
+    trainer = Trainer(model, prepared.train_set, t, log=say, metadata=checkpoint_metadata(run, prepared),
+                      evaluator=evaluator)  # fmt: skip
+    trainer.train()
+    if rank != 0:
+        return {}
+    precision = f"mixed, {str(trainer.amp_dtype).removeprefix('torch.')}" if trainer.amp_dtype else "float32"
+    report = {
+        "train_seconds": time.perf_counter() - start,
+        "device": str(device),
+        "processes": world,
+        "precision": precision,
+        "settings": run.to_dict(),
+        "classes": prepared.classes,
+    }
+    if trainer.best is not None:
+        report["best"] = trainer.best
+    if hasattr(model, "loss_weights"):
+        report["loss_weights"] = model.loss_weights()
+    if prepared.test_set is not None:
+        start = time.perf_counter()
+        report["test"] = latest.get("test") or evaluate(model, prepared.test_set, device, out, prepared.classes)
+        report["test_images"] = len(prepared.test_set)
+        report["eval_seconds"] = time.perf_counter() - start
+    from minimtl import plots
+
+    plots.save_loss_curves(out / "metrics.jsonl", out / "loss_curves.png")
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def evaluate(model, dataset, device, out: Path | None = None, classes=None, batch_size: int = 8) -> dict:
+    """{"box": COCO's 12 numbers + "per_class" AP, "mask": ..., "semantic": mIoU...} on `dataset`;
+    with `out`, the pictures too (predictions.png, pr_box.png, pr_mask.png)."""
+    model_config = model.config
+    detection = getattr(model_config, "detection", True)
+    iou_types = (("bbox",) if detection else ()) + (("segm",) if model_config.masks else ())
+    semantic_head = getattr(model, "semantic_head", None)
+    num_semantic = semantic_head.classifier.out_channels if semantic_head is not None else None
+    results, kept = evaluate_dataset(model, dataset, iou_types=iou_types, batch_size=batch_size, device=device,
+                                     keep=8 if out is not None else 0, num_semantic_classes=num_semantic)  # fmt: skip
+    names = {"bbox": "box", "segm": "mask"}
+    report = {}
+    for iou_type in iou_types:
+        stats = dict(results[iou_type]["stats"])
+        stats["per_class"] = {_name(classes, label): ap for label, ap in results[iou_type]["per_class"].items()}
+        report[names[iou_type]] = stats
+    if "semantic" in results:
+        report["semantic"] = results["semantic"]
+    if out is not None and detection and kept:
+        from minimtl import plots
+
+        out.mkdir(parents=True, exist_ok=True)
+        images = [image for image, _, _ in kept]
+        plots.save_detections(images, [p for _, p, _ in kept], out / "predictions.png", classes)
+        for iou_type in iou_types:
+            precision, categories = results[iou_type]["precision"], results[iou_type]["categories"]
+            plots.save_precision_recall_curves(precision, categories, out / f"pr_{names[iou_type]}.png", iou_type,
+                                               classes)  # fmt: skip
+    return report
+
+
+def _name(classes, label: int) -> str:
+    return classes[label] if classes is not None and 0 <= label < len(classes) else str(label)
+
+
+def flat_metrics(results: dict) -> dict[str, float]:
+    """{"box.AP": ..., "mask.AP": ..., "semantic.mIoU": ...}: the numbers validation logs."""
+    out = {}
+    for task, names in (("box", ("AP", "AP50")), ("mask", ("AP", "AP50")), ("semantic", ("mIoU",))):
+        for name in names:
+            if task in results:
+                out[f"{task}.{name}"] = results[task][name]
+    return out
+
+
+def model_from_checkpoint(path, device) -> tuple[RCNN, dict]:
+    """The model a checkpoint holds (in eval mode, on `device`) and its metadata."""
+    state = load_checkpoint(path, map_location="cpu")
+    meta = state.get("metadata", {})
+    if "model_config" not in meta:
+        raise ValueError(f"{path} holds no model configuration (was it written by `python -m minimtl train`?)")
+    config = meta["model_config"]
+    kind = meta.get("model_kind")
+    if kind is None:  # written before the kind was recorded: a MultiTaskRCNN's config has its extra fields
+        kind = "multitask" if set(config) - RCNNConfig.field_names() else "rcnn"
+    model = MultiTaskRCNN(MultiTaskConfig(**config)) if kind == "multitask" else RCNN(RCNNConfig(**config))
+    model.load_state_dict(state["model"])
+    meta.setdefault("classes", [str(i) for i in range(model.config.num_classes)])
+    meta.setdefault("category_ids", None)
+    return model.to(device).eval(), meta
+
+
+def test_set_for(meta: dict, model, data: DataSection):
+    """The dataset `eval` evaluates: data's COCO test file if given, else the run's own test set."""
+    stored = DataSection(**meta.get("run_config", {}).get("data", {})) if "run_config" in meta else DataSection()
+    semantic = bool(getattr(model.config, "semantic", False))
+    if data.coco_test_annotations:
+        images = data.coco_test_images or data.coco_images or str(Path(data.coco_test_annotations).parent)
+        dataset = CocoDataset(data.coco_test_annotations, images, masks=None if model.config.masks else False,
+                              train=False, semantic=semantic)  # fmt: skip
+        if meta["category_ids"] is not None and dataset.category_ids != meta["category_ids"]:
+            raise ValueError(
+                f"{data.coco_test_annotations} has the category ids {dataset.category_ids}, the checkpoint was "
+                f"trained on {meta['category_ids']} ({', '.join(meta['classes'][1:])})"
+            )
+        dataset.check_image_files()
+        return dataset, data.coco_test_annotations
+    if data.coco_images or data.coco_test_images:
+        raise ValueError("give --coco-test-annotations too: the annotations of the images to evaluate")
+    if stored.coco_test_annotations:
+        return test_set_for(meta, model, stored)
+    if meta["category_ids"] is not None:
+        raise ValueError(
+            "the checkpoint was trained on COCO-format data without a test set: give --coco-test-annotations"
+        )
+    size = stored.image_size
+    return ShapesDataset(data.num_test_images, size, seed=SHAPES_TEST_SEED), "synthetic shapes"
+
+
+def evaluate_checkpoint(path, data: DataSection | None = None, device="auto", out: Path | None = None) -> dict:
+    device = pick_device(device)
+    model, meta = model_from_checkpoint(path, device)
+    dataset, source = test_set_for(meta, model, data or DataSection())
+    results = evaluate(model, dataset, device, out, meta["classes"])
+    return {"test": results, "test_images": len(dataset), "source": source, "classes": meta["classes"]}

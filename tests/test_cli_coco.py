@@ -1,0 +1,214 @@
+"""Your own data through the command line: COCO-format files the tests write (tests/coco_files.py),
+trained, evaluated and predicted on with every command, as a user would type them."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from coco_files import CATEGORY_IDS, write_coco
+
+# A narrow model so that the runs take seconds (the "small" preset otherwise, as a user gets it).
+TINY = ["--set", "model.backbone_width=8", "--set", "model.fpn_channels=16", "--set", "model.representation_size=32",
+        "--set", "model.mask_layers=[16]", "--set", "model.mask_dim_reduced=16"]  # fmt: skip
+CPU = ["--device", "cpu"]
+
+
+def minimtl(*args, timeout=600, expect=0):
+    result = subprocess.run([sys.executable, "-m", "minimtl", *map(str, args)], capture_output=True, text=True,
+                            timeout=timeout)  # fmt: skip
+    assert result.returncode == expect, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
+def user_error(*args) -> str:
+    """A user's mistake: exit status 2 and one line, `minimtl: error: ...`, no traceback."""
+    result = minimtl(*args, expect=2)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("minimtl: error: "), result.stderr
+    return lines[-1]
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory):
+    """A trained run on COCO-format data: compressed RLE, ids 3/7/12, crowds, images without objects."""
+    root = tmp_path_factory.mktemp("coco")
+    train = write_coco(root, 12, seed=0, crowd_every=7, empty_every=5, name="train.json")
+    test = write_coco(root, 6, seed=1, crowd_every=5, empty_every=4, name="test.json")
+    out = root / "run"
+    result = minimtl("train", "--coco-annotations", train, "--coco-images", root, "--coco-test-annotations", test,
+                     "--steps", 6, "--set", "train.log_every=2", "--set", "train.eval_every=3", "--set",
+                     "train.progress=false", "--out", out, *TINY, *CPU)  # fmt: skip
+    return root, train, test, out, result.stdout
+
+
+def test_train_on_coco_data_reports_what_it_decided(coco):
+    root, train, test, out, stdout = coco
+    assert "image size: shorter side 128" in stdout  # 64-pixel images: the lower limit, never 800
+    assert "crowd annotations (iscrowd=1) are not trained on" in stdout
+    assert "circle, square, triangle" in stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["test_images"] == 6 and set(report["test"]) == {"box", "mask"}
+    assert set(report["test"]["box"]["per_class"]) <= {"circle", "square", "triangle"}
+    assert "box AP per class" in stdout
+    settings = json.loads((out / "config.json").read_text())
+    assert settings["data"]["coco_annotations"] == str(train) and settings["model"]["kind"] == "rcnn"
+
+
+def test_validation_during_training_keeps_the_best_checkpoint(coco):
+    _, _, _, out, _ = coco
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [line for line in lines if "eval" in line]
+    assert [line["step"] for line in evals] == [3, 6]
+    assert {"box.AP", "box.AP50", "mask.AP", "mask.AP50"} <= set(evals[0]["eval"])
+    assert [line["step"] for line in lines if "loss" in line] == [2, 4, 6]
+    assert (out / "best.pt").exists() and (out / "last.pt").exists()
+    report = json.loads((out / "report.json").read_text())
+    best = max(evals, key=lambda line: line["eval"]["box.AP"])
+    assert report["best"]["metric"] == "box.AP" and report["best"]["value"] == best["eval"]["box.AP"]
+    # the last evaluation is the final model's: the report's test numbers, exactly
+    assert evals[-1]["eval"]["box.AP"] == report["test"]["box"]["AP"]
+
+
+def test_eval_reproduces_the_report_exactly(coco, tmp_path):
+    root, _, test, out, _ = coco
+    report = json.loads((out / "report.json").read_text())
+    stdout = minimtl("eval", "--checkpoint", out / "last.pt", "--coco-test-annotations", test, "--coco-images", root,
+                     "--out", tmp_path, *CPU).stdout  # fmt: skip
+    assert "6 test images" in stdout
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    assert evaluated["test"] == report["test"]
+    # without data flags: the run's own test set
+    stdout = minimtl("eval", "--checkpoint", out / "last.pt", *CPU).stdout
+    assert str(test) in stdout
+
+
+def test_predict_writes_coco_results_with_the_files_ids(coco, tmp_path):
+    root, _, test, out, _ = coco
+    minimtl("predict", "--checkpoint", out / "last.pt", "--images", root / "images" / "1_00*.png", "--out", tmp_path,
+            "--score-threshold", 0.0, *CPU)  # fmt: skip
+    results = json.loads((tmp_path / "predictions.json").read_text())
+    images = json.loads((tmp_path / "images.json").read_text())
+    assert len(images["images"]) == 6 and [c["id"] for c in images["categories"]] == list(CATEGORY_IDS)
+    assert len(list(tmp_path.glob("*_detections.png"))) == 6
+    assert results, "an untrained model still returns low-scoring detections"
+    from pycocotools import mask as coco_mask
+
+    sizes = {image["id"]: (image["height"], image["width"]) for image in images["images"]}
+    for r in results[:50]:
+        assert r["category_id"] in CATEGORY_IDS and r["image_id"] in sizes and len(r["bbox"]) == 4
+        mask = coco_mask.decode({"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"].encode()})
+        assert mask.shape == sizes[r["image_id"]] and mask.dtype == np.uint8
+
+
+def test_predict_finds_folders_and_refuses_nothing(coco, tmp_path):
+    root, _, _, out, _ = coco
+    stdout = minimtl("predict", "--checkpoint", out / "last.pt", "--images", root / "images", "--out", tmp_path,
+                     "--no-draw", *CPU).stdout  # fmt: skip
+    assert "on 18 images" in stdout and not list(tmp_path.glob("*.png"))
+    message = user_error("predict", "--checkpoint", out / "last.pt", "--images", root / "nothing*.png", *CPU)
+    assert "no image file there" in message
+
+
+@pytest.mark.parametrize("masks", ["polygon", "uncompressed", None])
+def test_every_mask_format_and_box_only_files_train(tmp_path, masks):
+    train = write_coco(tmp_path, 4, seed=2, masks=masks, name="train.json")
+    test = write_coco(tmp_path, 2, seed=3, masks=masks, name="test.json")
+    stdout = minimtl("train", "--coco-annotations", train, "--coco-test-annotations", test, "--steps", 2,
+                     "--batch-size", 2, "--out", tmp_path / "run", *TINY, *CPU).stdout  # fmt: skip
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    if masks is None:
+        assert "has no masks" in stdout and "masks off" in stdout and set(report["test"]) == {"box"}
+    else:
+        assert set(report["test"]) == {"box", "mask"}
+
+
+def test_masks_on_box_only_data_is_refused(tmp_path):
+    train = write_coco(tmp_path, 2, seed=2, masks=None, name="train.json")
+    message = user_error("train", "--coco-annotations", train, "--set", "model.masks=true", *CPU)
+    assert "masks" in message and "train.json" in message
+
+
+def test_multitask_training_on_coco_data(tmp_path):
+    train = write_coco(tmp_path, 4, seed=2, name="train.json", crowd_every=3)
+    test = write_coco(tmp_path, 2, seed=3, name="test.json")
+    stdout = minimtl("train", "--coco-annotations", train, "--coco-test-annotations", test, "--steps", 2,
+                     "--batch-size", 2, "--set", "model.kind=multitask", "--set", "model.semantic_channels=16",
+                     "--set", "train.pcgrad=true", "--out", tmp_path / "run", *TINY, *CPU).stdout  # fmt: skip
+    assert "semantic mIoU" in stdout
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert 0 <= report["test"]["semantic"]["mIoU"] <= 1 and report["settings"]["train"]["pcgrad"] is True
+    stdout = minimtl("eval", "--checkpoint", tmp_path / "run" / "last.pt", *CPU).stdout
+    assert "semantic mIoU" in stdout
+
+
+def test_bad_data_is_one_line_before_training(tmp_path):
+    train = write_coco(tmp_path, 2, seed=2, name="train.json")
+    data = json.loads(train.read_text())
+    (tmp_path / "notjson.json").write_text("{ nope")
+    assert "not valid JSON" in user_error("train", "--coco-annotations", tmp_path / "notjson.json", *CPU)
+    bad = dict(data, annotations=[dict(data["annotations"][0], category_id=99)])
+    (tmp_path / "badcat.json").write_text(json.dumps(bad))
+    message = user_error("train", "--coco-annotations", tmp_path / "badcat.json", *CPU)
+    assert "badcat.json" in message and "99" in message
+    missing = dict(data, images=[dict(data["images"][0], file_name="images/gone.png"), *data["images"][1:]])
+    (tmp_path / "missing.json").write_text(json.dumps(missing))
+    message = user_error("train", "--coco-annotations", tmp_path / "missing.json", *CPU)
+    assert "gone.png" in message
+    assert "unknown key" in user_error("train", "--set", "train.stepz=3", *CPU)
+    assert "expected SECTION.KEY=VALUE" in user_error("train", "--set", "steps=3", *CPU)
+
+
+def test_config_prints_a_file_that_trains(tmp_path):
+    stdout = minimtl("config", "demo", "--set", "train.steps=2").stdout
+    settings = json.loads(stdout)
+    assert settings["model"]["kind"] == "rcnn" and settings["train"]["steps"] == 2
+    assert settings["model"]["anchor_sizes"] == [[16], [32], [64], [128], [256]]
+    settings["data"].update(num_test_images=2, image_size=64)
+    settings["train"].update(progress=False, output_dir=str(tmp_path / "run"))
+    (tmp_path / "cfg.json").write_text(json.dumps(settings))
+    minimtl("train", "--config", tmp_path / "cfg.json", *TINY, *CPU)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["steps"] == 2
+    assert "unknown section 'nothing'" in user_error(
+        "config", "--config", tmp_path / "cfg.json", "--set", "nothing.x=1"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_train_like_one(tmp_path):
+    train = write_coco(tmp_path, 8, seed=4, name="train.json")
+    # Every anchor and proposal sampled (no random subsets, which would differ between one process and two)
+    every = ["--set", "model.rpn_batch_size_per_image=1000000", "--set", "model.box_batch_size_per_image=1000000"]
+    args = ["train", "--coco-annotations", train, "--steps", 3, "--batch-size", 4, "--set", "train.log_every=1",
+            "--optimizer", "sgd", "--lr", 0.01, "--set", "data.augment=false", "--set", "train.progress=false",
+            *every, *TINY, *CPU]  # fmt: skip
+    minimtl(*args, "--out", tmp_path / "one")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+               "-m", "minimtl", *map(str, args), "--out", str(tmp_path / "two")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert result.stdout.count("trained in") == 1  # rank 0 reports, once
+    one = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    two = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in two] == [1, 2, 3]  # one log, written once
+    assert (tmp_path / "two" / "last.pt").exists() and (tmp_path / "two" / "report.json").exists()
+    # Step 1, the same weights in both runs: each term that is a mean over a fixed number of samples per
+    # image is the combined batch's, up to float rounding. The mask loss is a mean over the positive RoIs,
+    # and two processes average two such means (one per half batch), which weighs the RoIs differently
+    # when the halves have different numbers of positives: close, not equal; so are the later steps.
+    first_one, first_two = one[0], two[0]
+    for term in ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"):
+        assert first_two[term] == pytest.approx(first_one[term], rel=1e-3, abs=1e-6), term
+    assert first_two["loss_mask"] == pytest.approx(first_one["loss_mask"], rel=0.05)
+    for a, b in zip(one, two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=0.1), (a, b)
