@@ -87,23 +87,27 @@ def predict_images(model, meta: dict, paths: list[Path], out: Path, device="auto
     """Run `model` on `paths`, write out/predictions.json and out/images.json (and pictures). Returns counts."""
     out.mkdir(parents=True, exist_ok=True)
     dataset = ImageFiles(paths)
-    results, images = [], []
-    for index, prediction, info in iter_predictions(model, dataset, batch_size=batch_size, device=pick_device(device)):
-        images.append(info)
-        results += coco_results(info["id"], prediction, meta.get("category_ids"))
-        kept = int((prediction["scores"] >= score_threshold).sum())
-        line = f"{paths[index]}: {kept} detections with score >= {score_threshold}"
-        if draw:
-            from minimtl import plots
+    images, count = [], 0
+    with open(out / "predictions.json", "w") as results:  # written as it comes: nothing accumulates
+        results.write("[")
+        for index, prediction, info in iter_predictions(model, dataset, batch_size, pick_device(device)):
+            images.append(info)
+            for entry in coco_results(info["id"], prediction, meta.get("category_ids")):
+                results.write(("," if count else "") + "\n" + json.dumps(entry))
+                count += 1
+            kept = int((prediction["scores"] >= score_threshold).sum())
+            line = f"{paths[index]}: {kept} detections with score >= {score_threshold}"
+            if draw:
+                from minimtl import plots
 
-            picture = out / (paths[index].stem + "_detections.png")
-            image = read_image(paths[index])
-            plots.save_detections([image], [prediction], picture, meta["classes"], score_threshold, columns=1)
-            line += f" -> {picture}"
-        log(line)
-    (out / "predictions.json").write_text(json.dumps(results))
+                picture = out / (paths[index].stem + "_detections.png")
+                image = read_image(paths[index])
+                plots.save_detections([image], [prediction], picture, meta["classes"], score_threshold, columns=1)
+                line += f" -> {picture}"
+            log(line)
+        results.write("\n]\n")
     (out / "images.json").write_text(json.dumps({"images": images, "categories": _categories(meta)}, indent=1))
-    return {"images": len(images), "detections": len(results)}
+    return {"images": len(images), "detections": count}
 
 
 def _categories(meta: dict) -> list[dict]:

@@ -39,6 +39,7 @@ class Prepared:
     classes: list[str]  # names by label, "background" first
     category_ids: list[int] | None  # the annotation file's id of each label 1..C (None: shapes)
     model_config: RCNNConfig
+    model: RCNN  # initialised from train.seed (and the backbone file, if any)
     notes: list[str] = field(default_factory=list)
 
 
@@ -53,7 +54,8 @@ def image_size_from_data(sizes: list[tuple[int, int]]) -> tuple[int, int]:
 
 
 def prepare(run: RunConfig) -> Prepared:
-    """The datasets, classes and model config a run trains with; raises ValueError on bad data."""
+    """The datasets, classes, model config and initial model a run trains with. Raises ValueError (or
+    FileNotFoundError) for bad data or a bad backbone file: before any training starts."""
     data, model = run.data, run.model
     notes = []
     semantic = model.kind == "multitask" and model.settings.get("semantic", True)
@@ -103,7 +105,9 @@ def prepare(run: RunConfig) -> Prepared:
             f"{statistics.median(min(s) for s in sizes):g}; set data.min_size / data.max_size to choose)"
         )
     model_config = model.config(num_classes=len(classes), min_size=min_size, max_size=max_size, masks=masks)
-    return Prepared(train_set, test_set, classes, category_ids, model_config, notes)
+    torch.manual_seed(run.train.seed)  # the initial weights
+    network = build_model(model, model_config, notes.append)
+    return Prepared(train_set, test_set, classes, category_ids, model_config, network, notes)
 
 
 def _check_same_categories(train_set, test_set, train_file, test_file) -> None:
@@ -167,8 +171,7 @@ def train(run: RunConfig, log=print, prepared: Prepared | None = None) -> dict:
         + (f" x {world} processes" if world > 1 else "")
         + f"; output: {out}"
     )
-    torch.manual_seed(t.seed)  # the initial weights
-    model = build_model(run.model, c, say)
+    model = prepared.model
     evaluator, latest = None, {}
     if prepared.test_set is not None and t.eval_every:
 
@@ -199,10 +202,13 @@ def train(run: RunConfig, log=print, prepared: Prepared | None = None) -> dict:
     if hasattr(model, "loss_weights"):
         report["loss_weights"] = model.loss_weights()
     if prepared.test_set is not None:
-        start = time.perf_counter()
-        report["test"] = latest.get("test") or evaluate(model, prepared.test_set, device, out, prepared.classes)
         report["test_images"] = len(prepared.test_set)
-        report["eval_seconds"] = time.perf_counter() - start
+        if "test" in latest:  # validated at the last step: that is the final model's evaluation
+            report["test"] = latest["test"]
+        else:
+            start = time.perf_counter()
+            report["test"] = evaluate(model, prepared.test_set, device, out, prepared.classes)
+            report["eval_seconds"] = time.perf_counter() - start
     from minimtl import plots
 
     plots.save_loss_curves(out / "metrics.jsonl", out / "loss_curves.png")
