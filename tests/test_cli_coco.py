@@ -108,7 +108,7 @@ def test_predict_writes_coco_results_with_the_files_ids(coco, tmp_path):
 def test_predict_finds_folders_and_refuses_nothing(coco, tmp_path):
     root, _, _, out, _ = coco
     stdout = minimtl("predict", "--checkpoint", out / "last.pt", "--images", root / "images", "--out", tmp_path,
-                     "--no-draw", *CPU).stdout  # fmt: skip
+                     "--no-draw").stdout  # the default device, "auto"  # fmt: skip
     assert "on 18 images" in stdout and not list(tmp_path.glob("*.png"))
     message = user_error("predict", "--checkpoint", out / "last.pt", "--images", root / "nothing*.png", *CPU)
     assert "no image file there" in message

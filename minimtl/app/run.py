@@ -23,7 +23,7 @@ import torch
 from minimtl.app.config import DataSection, ModelSection, RunConfig
 from minimtl.data import CocoDataset, ShapesDataset, default_train_transforms
 from minimtl.engine import Trainer, load_checkpoint, pick_device
-from minimtl.engine.distributed import init_from_environment
+from minimtl.engine.distributed import process_group
 from minimtl.engine.inference import evaluate_dataset
 from minimtl.models import RCNN, MultiTaskConfig, MultiTaskRCNN, RCNNConfig
 
@@ -156,7 +156,11 @@ def train(run: RunConfig, log=print, prepared: Prepared | None = None) -> dict:
 
     prepared: prepare(finalize(run)), when the caller made it already (to report bad data before this)."""
     device = pick_device(run.train.device)
-    rank, world = init_from_environment(device)
+    with process_group(device) as (rank, world):
+        return _train(run, prepared, device, rank, world, log)
+
+
+def _train(run: RunConfig, prepared: Prepared | None, device, rank: int, world: int, log) -> dict:
     say = log if rank == 0 else (lambda *_: None)
     run = finalize(run)
     prepared = prepared or prepare(run)
@@ -221,7 +225,8 @@ def evaluate(model, dataset, device, out: Path | None = None, classes=None, batc
     with `out`, the pictures too (predictions.png, pr_box.png, pr_mask.png)."""
     model_config = model.config
     detection = getattr(model_config, "detection", True)
-    iou_types = (("bbox",) if detection else ()) + (("segm",) if model_config.masks else ())
+    masks = model_config.masks and getattr(dataset, "masks", True)  # a box-only test file: boxes only
+    iou_types = (("bbox",) if detection else ()) + (("segm",) if masks else ())
     semantic_head = getattr(model, "semantic_head", None)
     num_semantic = semantic_head.classifier.out_channels if semantic_head is not None else None
     results, kept = evaluate_dataset(model, dataset, iou_types=iou_types, batch_size=batch_size, device=device,
@@ -275,7 +280,7 @@ def model_from_checkpoint(path, device) -> tuple[RCNN, dict]:
     model.load_state_dict(state["model"])
     meta.setdefault("classes", [str(i) for i in range(model.config.num_classes)])
     meta.setdefault("category_ids", None)
-    return model.to(device).eval(), meta
+    return model.to(pick_device(device) if isinstance(device, str) else device).eval(), meta
 
 
 def test_set_for(meta: dict, model, data: DataSection):
