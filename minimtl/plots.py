@@ -1,23 +1,30 @@
 """Pictures of what a model does, saved as PNG with matplotlib: detections drawn on images, loss
-curves from a metrics log, precision-recall curves from an evaluation."""
+curves from a metrics log, precision-recall curves from an evaluation.
+
+The save_* functions build a `matplotlib.figure.Figure` directly instead of asking pyplot for one:
+such a figure needs no backend (`savefig` draws it on an Agg canvas by itself), so saving works under
+whatever backend the user chose (Jupyter's inline one, a window, none), opens no window, and leaves
+no figure behind in pyplot's list. Choosing the backend (`matplotlib.use`) is the user's business,
+never a library's: doing it at import switched off the notebooks' inline pictures.
+"""
 
 import json
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")  # files only: works without a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from minimtl.evaluation import RECALL_THRESHOLDS, evaluate_curves
 
-from minimtl.evaluation import RECALL_THRESHOLDS, evaluate_curves  # noqa: E402
-
-COLOURS = plt.get_cmap("tab10").colors
+COLOURS = matplotlib.colormaps["tab10"].colors
 
 
 def draw_detections(ax, image, detections: dict, classes=None, score_threshold: float = 0.5):
-    """Draw an image (3, H, W) in [0, 1] and its detections (boxes, labels, scores, optional masks)."""
+    """Draw an image (3, H, W) in [0, 1] and its detections (boxes, labels, scores, optional masks) on
+    `ax`, any matplotlib Axes: one of a pyplot figure (shown inline in a notebook) or of a `Figure`."""
     ax.imshow(image.permute(1, 2, 0).clamp(0, 1).cpu().numpy())
     keep = (
         detections["scores"] >= score_threshold
@@ -28,7 +35,7 @@ def draw_detections(ax, image, detections: dict, classes=None, score_threshold: 
         label = int(detections["labels"][k])
         colour = COLOURS[label % len(COLOURS)]
         x1, y1, x2, y2 = detections["boxes"][k].tolist()
-        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=colour, lw=1.5))
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=colour, lw=1.5))
         if "masks" in detections:
             mask = detections["masks"][k]
             mask = (mask[0] if mask.dim() == 3 else mask).float().cpu().numpy() > 0.5
@@ -44,7 +51,8 @@ def draw_detections(ax, image, detections: dict, classes=None, score_threshold: 
 def save_detections(images, detections, path, classes=None, score_threshold=0.5, columns=4, titles=None):
     """A grid of images with their detections, saved to `path`."""
     rows = max(1, -(-len(images) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+    fig = Figure(figsize=(3 * columns, 3 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
     for i, ax in enumerate(axes.flat):
         if i < len(images):
             draw_detections(ax, images[i], detections[i], classes, score_threshold)
@@ -54,7 +62,6 @@ def save_detections(images, detections, path, classes=None, score_threshold=0.5,
             ax.set_axis_off()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def read_metrics(source) -> list[dict]:
@@ -70,7 +77,8 @@ def save_loss_curves(metrics, path) -> None:
     lines = read_metrics(metrics)
     losses = [line for line in lines if "loss" in line]
     evals = [line for line in lines if "eval" in line]
-    fig, axes = plt.subplots(1, 2 if evals else 1, figsize=(12 if evals else 7, 4), squeeze=False)
+    fig = Figure(figsize=(12 if evals else 7, 4))
+    axes = fig.subplots(1, 2 if evals else 1, squeeze=False)
     ax = axes[0, 0]
     steps = [line["step"] for line in losses]
     for key in [k for k in (losses[0] if losses else {}) if k.startswith("loss")]:
@@ -85,7 +93,6 @@ def save_loss_curves(metrics, path) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def save_precision_recall(predictions, targets, path, iou_type="bbox", classes=None, iou_threshold=0.5) -> None:
@@ -97,7 +104,8 @@ def save_precision_recall(predictions, targets, path, iou_type="bbox", classes=N
 def save_precision_recall_curves(precision, categories, path, iou_type="bbox", classes=None, iou_threshold=0.5):
     """The same from an evaluation's precision array (T, R, K, A, M) and its K category labels."""
     t = int(np.argmin(np.abs(np.linspace(0.5, 0.95, 10) - iou_threshold)))
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig = Figure(figsize=(5, 4))
+    ax = fig.subplots()
     for k, label in enumerate(categories):
         p = precision[t, :, k, 0, -1]
         if (p > -1).any():
@@ -107,4 +115,3 @@ def save_precision_recall_curves(precision, categories, path, iou_type="bbox", c
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

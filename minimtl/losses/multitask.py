@@ -10,9 +10,10 @@ dominate the shared layers. Four ways to choose α:
   homoscedastic noise σ_i; with s_i = log σ_i² (learnt in log space: stable, and σ > 0 for free)
       L = Σ_i exp(-s_i) L_i + s_i                  α_i = exp(-s_i)
   The + s_i term stops every σ from growing without bound. For a constant L_i the optimum is
-  exp(-s_i) = 1 / L_i: a task with a large loss gets a small weight. (The paper's form for regression is
-  1/(2σ²) L + log σ = ½ (exp(-s) L + s): the same optimum, half the scale. We drop the ½, as the
-  paper's approximation for classification and most implementations do.)
+  exp(-s_i) = 1 / L_i: a task with a large loss gets a small weight. This is a common variant of the
+  paper's terms: for regression 1/(2σ²) L + log σ = ½ (exp(-s) L + s), the same optimum in s with the
+  weight 1/(2L) there; for classification (1/σ²) L + log σ = exp(-s) L + s/2, optimum exp(-s) = 1/(2L).
+  All three give the tasks the same weight ratios; they differ by a common factor (chapter 10).
 
 "dwa", Dynamic Weight Average (Liu, Johns & Davison, "End-to-end multi-task learning with
   attention", CVPR 2019, the Dynamic Weight Average section): a task whose loss falls slowly gets more weight,

@@ -8,7 +8,9 @@ larger. PCGrad removes from each task's gradient its component along every gradi
         if g_i^PC · g_j < 0:   g_i^PC ← g_i^PC - (g_i^PC · g_j / ‖g_j‖²) g_j
     update direction: Σ_i g_i^PC
 g_j is always the ORIGINAL gradient of task j; only g_i^PC changes. For two tasks the result never
-conflicts with either original gradient (the paper's Theorem 1); for more tasks it usually does not.
+conflicts with either original gradient: in the conflicting case (g_1' + g_2') · g_1 = ‖g_1‖² -
+(g_1 · g_2)² / ‖g_2‖² ≥ 0 by Cauchy-Schwarz (chapter 10 writes it out; the paper's Theorem 1 is a
+convergence result, not this); for more tasks it usually holds, not always.
 
 Shapes: T tasks, P = the total number of elements of `parameters`; gradients are handled as flat
 vectors (T, P) and written back into each parameter's .grad.
