@@ -19,7 +19,8 @@ import difflib
 import json
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
 
 from minimtl.engine import TrainConfig
 from minimtl.models import MultiTaskConfig, RCNNConfig
@@ -52,6 +53,12 @@ class DataSection:
     @property
     def is_coco(self) -> bool:
         return self.coco_annotations is not None
+
+    def test_image_folder(self) -> str:
+        """Where the test file's images are: coco_test_images, else coco_images, else the folder of the
+        training annotations (or, with none, of the test annotations)."""
+        annotations = self.coco_annotations or self.coco_test_annotations
+        return self.coco_test_images or self.coco_images or str(Path(annotations).parent)
 
 
 @dataclass
@@ -258,8 +265,6 @@ def _name(hint) -> str:
 
 
 def _default(f):
-    from dataclasses import MISSING
-
     return f.default_factory() if f.default_factory is not MISSING else f.default
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from minimtl.app.config import DataSection, ModelSection, RunConfig
+from minimtl.app.config import MODEL_KINDS, DataSection, ModelSection, RunConfig
 from minimtl.data import CocoDataset, ShapesDataset, default_train_transforms
 from minimtl.engine import Trainer, load_checkpoint, pick_device
 from minimtl.engine.distributed import process_group
@@ -61,9 +61,9 @@ def prepare(run: RunConfig) -> Prepared:
     semantic = model.kind == "multitask" and model.settings.get("semantic", True)
     detection = model.kind == "rcnn" or model.settings.get("detection", True)
     masks_wanted = model.settings.get("masks")  # None: as the data allows
+    transforms = default_train_transforms() if data.augment else None
     if data.is_coco:
         images = data.coco_images or str(Path(data.coco_annotations).parent)
-        transforms = default_train_transforms() if data.augment else None
         masks = None if masks_wanted is None else (masks_wanted or semantic)
         train_set = CocoDataset(data.coco_annotations, images, transforms=transforms, masks=masks, train=True,
                                 semantic=semantic)  # fmt: skip
@@ -73,10 +73,8 @@ def prepare(run: RunConfig) -> Prepared:
             notes.append(f"{data.coco_annotations} has no masks (no 'segmentation'): training boxes only")
         test_set = None
         if data.coco_test_annotations:
-            test_set = CocoDataset(data.coco_test_annotations, data.coco_test_images or images, masks=has_masks,
-                                   train=False, semantic=semantic)  # fmt: skip
+            test_set = coco_test_set(data, masks=has_masks, semantic=semantic)
             _check_same_categories(train_set, test_set, data.coco_annotations, data.coco_test_annotations)
-            test_set.check_image_files()
         classes, category_ids = train_set.categories, train_set.category_ids
         sizes = train_set.image_sizes
         notes.append(
@@ -87,7 +85,6 @@ def prepare(run: RunConfig) -> Prepared:
         if train_set.num_crowd:
             notes.append(f"data: {train_set.num_crowd} crowd annotations (iscrowd=1) are not trained on")
     else:
-        transforms = default_train_transforms() if data.augment else None
         train_set = ShapesDataset(data.num_images, data.image_size, seed=data.seed, transforms=transforms)
         test_set = ShapesDataset(data.num_test_images, data.image_size, seed=SHAPES_TEST_SEED)
         classes, category_ids, has_masks = list(ShapesDataset.classes), None, True
@@ -110,6 +107,14 @@ def prepare(run: RunConfig) -> Prepared:
     return Prepared(train_set, test_set, classes, category_ids, model_config, network, notes)
 
 
+def coco_test_set(data: DataSection, masks: bool | None, semantic: bool) -> CocoDataset:
+    """The test file of `data`, for evaluation (crowds kept), its image files checked to exist."""
+    dataset = CocoDataset(data.coco_test_annotations, data.test_image_folder(), masks=masks, train=False,
+                          semantic=semantic)  # fmt: skip
+    dataset.check_image_files()
+    return dataset
+
+
 def _check_same_categories(train_set, test_set, train_file, test_file) -> None:
     if test_set.category_ids != train_set.category_ids or test_set.categories != train_set.categories:
         raise ValueError(
@@ -121,13 +126,18 @@ def _check_same_categories(train_set, test_set, train_file, test_file) -> None:
 
 def build_model(model: ModelSection, config: RCNNConfig, log=print) -> RCNN:
     """The network of a model section, with its pretrained backbone loaded when one is named."""
-    net = MultiTaskRCNN(config) if isinstance(config, MultiTaskConfig) else RCNN(config)
+    net = network(config)
     if model.backbone_weights:
         from minimtl.models.pretrained import load_backbone_weights
 
         summary = load_backbone_weights(net, model.backbone_weights)
         log(f"backbone: {summary['loaded']} tensors from {model.backbone_weights}")
     return net
+
+
+def network(config: RCNNConfig) -> RCNN:
+    """RCNN, or MultiTaskRCNN for a MultiTaskConfig: the model a config describes."""
+    return MultiTaskRCNN(config) if isinstance(config, MultiTaskConfig) else RCNN(config)
 
 
 def finalize(run: RunConfig) -> RunConfig:
@@ -276,7 +286,7 @@ def model_from_checkpoint(path, device) -> tuple[RCNN, dict]:
     kind = meta.get("model_kind")
     if kind is None:  # written before the kind was recorded: a MultiTaskRCNN's config has its extra fields
         kind = "multitask" if set(config) - RCNNConfig.field_names() else "rcnn"
-    model = MultiTaskRCNN(MultiTaskConfig(**config)) if kind == "multitask" else RCNN(RCNNConfig(**config))
+    model = network(MODEL_KINDS[kind](**config))
     model.load_state_dict(state["model"])
     meta.setdefault("classes", [str(i) for i in range(model.config.num_classes)])
     meta.setdefault("category_ids", None)
@@ -288,15 +298,12 @@ def test_set_for(meta: dict, model, data: DataSection):
     stored = DataSection(**meta.get("run_config", {}).get("data", {})) if "run_config" in meta else DataSection()
     semantic = bool(getattr(model.config, "semantic", False))
     if data.coco_test_annotations:
-        images = data.coco_test_images or data.coco_images or str(Path(data.coco_test_annotations).parent)
-        dataset = CocoDataset(data.coco_test_annotations, images, masks=None if model.config.masks else False,
-                              train=False, semantic=semantic)  # fmt: skip
+        dataset = coco_test_set(data, masks=None if model.config.masks else False, semantic=semantic)
         if meta["category_ids"] is not None and dataset.category_ids != meta["category_ids"]:
             raise ValueError(
                 f"{data.coco_test_annotations} has the category ids {dataset.category_ids}, the checkpoint was "
                 f"trained on {meta['category_ids']} ({', '.join(meta['classes'][1:])})"
             )
-        dataset.check_image_files()
         return dataset, data.coco_test_annotations
     if data.coco_images or data.coco_test_images:
         raise ValueError("give --coco-test-annotations too: the annotations of the images to evaluate")

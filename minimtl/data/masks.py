@@ -61,13 +61,18 @@ def rle_counts_to_string(counts: list[int]) -> str:
 
 def rle_decode(counts: list[int], height: int, width: int) -> np.ndarray:
     """An (H, W) bool mask from RLE runs (column-major, starting with 0s)."""
-    counts = np.asarray(counts, dtype=np.int64)
+    counts = _check_runs(np.asarray(counts, dtype=np.int64), height, width)
+    values = np.arange(len(counts)) % 2 == 1  # 0s, 1s, 0s, ...
+    return np.repeat(values, counts).reshape(width, height).T
+
+
+def _check_runs(counts: np.ndarray, height: int, width: int) -> np.ndarray:
+    """RLE runs (int64) that can make an (H, W) mask: none negative, summing to H * W."""
     if (counts < 0).any():
         raise ValueError(f"RLE runs must not be negative, got {int(counts.min())}")
     if counts.sum() != height * width:
         raise ValueError(f"RLE runs sum to {int(counts.sum())}, not height * width = {height * width}")
-    values = np.arange(len(counts)) % 2 == 1  # 0s, 1s, 0s, ...
-    return np.repeat(values, counts).reshape(width, height).T
+    return counts
 
 
 def rle_encode(mask: np.ndarray) -> list[int]:
@@ -191,11 +196,7 @@ def check_segmentation(segmentation, height: int, width: int) -> None:
             _check_polygon(polygon)
         return
     if isinstance(segmentation, dict) and "counts" in segmentation:
-        counts = _rle_counts(segmentation, height, width)
-        if counts and min(counts) < 0:
-            raise ValueError(f"RLE runs must not be negative, got {min(counts)}")
-        if sum(counts) != height * width:
-            raise ValueError(f"RLE runs sum to {sum(counts)}, not height * width = {height * width}")
+        _check_runs(np.asarray(_rle_counts(segmentation, height, width), dtype=np.int64), height, width)
         return
     raise ValueError(f"segmentation must be a list of polygons or an RLE dict, got {type(segmentation).__name__}")
 
