@@ -1,4 +1,4 @@
-"""The command line: python -m minimtl demo | train | eval | predict | config | experiment.
+"""The command line: python -m minimtl demo | train | eval | predict | config | experiment | data.
 
     python -m minimtl demo                     train on shapes, evaluate, write a report (the main job)
     python -m minimtl train --coco-annotations train.json --coco-images imgs/ --coco-test-annotations test.json
@@ -6,6 +6,9 @@
     python -m minimtl predict --checkpoint runs/train/last.pt --images photos/ --out predictions/
     python -m minimtl config small             a preset, fully resolved, as JSON to start a --config file from
     python -m minimtl experiment mtl           joint vs separate training -> docs/mtl_experiment.md
+    python -m minimtl data convert --from voc|labelmap|yolo --input labels/ --images imgs/ --out ann.json
+                                               your annotations in another format -> a COCO file
+    python -m minimtl data stats ann.json      what the file holds, and which objects the anchors miss
 
 Settings: a preset (--preset, default "small"), then a JSON file (--config) with the sections
 "model", "train" and "data", then --set SECTION.KEY=VALUE and the other flags, each overriding the
@@ -144,6 +147,53 @@ def cmd_experiment(args) -> int:
     return 0
 
 
+def cmd_data_convert(args) -> int:
+    from minimtl.data import convert
+
+    if args.source not in convert.CONVERTERS:
+        raise UsageError(f"--from {args.source}: unknown format; choose one of {', '.join(convert.CONVERTERS)}")
+    if args.tile is None and (args.overlap is not None or args.min_fraction is not None):
+        raise UsageError(f"{'--overlap' if args.overlap is not None else '--min-fraction'} needs --tile SIZE")
+    if args.tile is not None and args.tile < 1:
+        raise UsageError(f"--tile {args.tile}: the tile size must be a positive number of pixels")
+    overlap = args.overlap or 0
+    if args.tile is not None and not 0 <= overlap < args.tile:
+        raise UsageError(f"--overlap {overlap}: must be at least 0 and less than the tile size (--tile {args.tile})")
+    min_fraction = 0.5 if args.min_fraction is None else args.min_fraction
+    if not 0 < min_fraction <= 1:
+        raise UsageError(f"--min-fraction {min_fraction}: must be in (0, 1]")
+    if args.difficult is not None and args.source != "voc":
+        raise UsageError(f"--difficult is for --from voc, not --from {args.source}")
+    if args.difficult not in (None, *convert.voc.DIFFICULT):
+        raise UsageError(f"--difficult {args.difficult}: choose one of {', '.join(convert.voc.DIFFICULT)}")
+    try:
+        classes = convert.check_classes(args.classes)
+    except ValueError as error:
+        raise UsageError(f"--{error}") from None
+    options = dict(classes=classes, tile=args.tile, overlap=overlap, min_fraction=min_fraction,
+                   difficult=args.difficult or "crowd")  # fmt: skip
+    coco = _checked(lambda: convert.convert_to_coco(args.source, args.input, args.images, args.out, **options))
+    images = Path(args.out).parent / "images" if args.tile is not None else Path(args.images)
+    print(convert.summary(coco, args.out, images))
+    return 0
+
+
+def cmd_data_stats(args) -> int:
+    from minimtl.app import stats
+
+    settings = resolve_settings(args, "small")
+    if args.plot and Path(args.plot).suffix.lower() not in (".png", ".pdf", ".svg", ".jpg"):
+        raise UsageError(f"--plot {args.plot}: expected a .png, .pdf, .svg or .jpg file name")
+    measured, suggestions = _checked(lambda: stats.stats_for(settings, args.annotations, args.images))
+    print(stats.report(measured, suggestions))
+    if args.plot:
+        from minimtl import plots
+
+        plots.save_data_stats(measured, args.plot)
+        print(f"plot: {args.plot}")
+    return 0
+
+
 def table(results: dict) -> str:
     """COCO's main numbers per task, then AP per class; semantic mIoU on a line of its own."""
     names = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"]
@@ -169,12 +219,13 @@ def _checked(work):
         raise UsageError(str(error).removeprefix("CocoDataset: ")) from None
 
 
-def _settings_flags(p: argparse.ArgumentParser, data_flags: bool = True) -> None:
+def _settings_flags(p: argparse.ArgumentParser, data_flags: bool = True, shortcuts: bool = True) -> None:
+    """--preset, --config, --set; and the shortcut flags (SETTING_FLAGS; those of "data" if data_flags)."""
     p.add_argument("--preset", choices=list(presets.PRESETS), help="the recipe to start from (default: small)")
     p.add_argument("--config", help="a JSON file with sections model, train, data (see `python -m minimtl config`)")
     example = "--set train.pcgrad=true --set model.masks=false --set data.min_size=256"
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help=f"any setting, e.g. {example}")
-    for flag, section, key, kind in SETTING_FLAGS:
+    for flag, section, key, kind in SETTING_FLAGS if shortcuts else ():
         if data_flags or section != "data":
             p.add_argument(flag, type=kind, help=f"= --set {section}.{key}=...")
 
@@ -229,6 +280,39 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--report", default="docs/mtl_experiment.md")
     ex.add_argument("--fast", action="store_true", help="a smoke run: 20 steps, one seed, 8 test images")
     ex.set_defaults(run=cmd_experiment)
+
+    data = sub.add_parser("data", help="data tools: convert VOC, label images or YOLO files to a COCO file")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    cv = data_sub.add_parser("convert", help="annotations in another format (and their images) -> a COCO file",
+                             description="Conventions: the docstrings of minimtl/data/convert/{voc,labelmap,yolo,"
+                             "tiles}.py.")  # fmt: skip
+    cv.add_argument("--from", dest="source", required=True, metavar="voc|labelmap|yolo", help="the format")
+    cv.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                    help="the annotation files (XML, label images or txt): folders, files or globs")  # fmt: skip
+    cv.add_argument("--images", required=True, metavar="DIR",
+                    help="the images' folder: matched to the annotation files by stem (VOC: <filename>)")  # fmt: skip
+    cv.add_argument("--out", required=True, metavar="ANN.json", help="the COCO file to write")
+    cv.add_argument("--classes", metavar="NAME,...",
+                    help="the category names in order, ids 1..C (default: the names found, sorted; YOLO: the "
+                    "names of indices 0, 1, ...; label images without class CSVs: one name, for all)")  # fmt: skip
+    cv.add_argument("--tile", type=int, metavar="SIZE",
+                    help="cut the images into SIZE x SIZE tiles, written to images/ beside --out")  # fmt: skip
+    cv.add_argument("--overlap", type=int, metavar="PX", help="pixels shared by neighbouring tiles (default 0)")
+    cv.add_argument("--min-fraction", type=float, metavar="F",
+                    help="keep an object in a tile when at least this fraction of it is inside (0.5)")  # fmt: skip
+    cv.add_argument("--difficult", metavar="crowd|keep|drop",
+                    help="VOC's difficult objects: crowd regions (the default: not trained on, ignored by "
+                    "evaluation), ordinary objects, or left out")  # fmt: skip
+    cv.set_defaults(run=cmd_data_convert)
+    st = data_sub.add_parser("stats", help="a COCO file: images, objects, sizes, and which objects no anchor reaches",
+                             description="The anchors and image size are those `train` would use with the same "
+                             "--preset/--config/--set; try others with --set model.anchor_sizes=... or "
+                             "--set data.min_size=...")  # fmt: skip
+    st.add_argument("annotations", metavar="ANN.json", help="a COCO-format annotation file")
+    st.add_argument("--images", metavar="DIR", help="its images' folder (not read; default: the file's folder)")
+    st.add_argument("--plot", metavar="OUT.png", help="also draw the statistics to this file")
+    _settings_flags(st, shortcuts=False)
+    st.set_defaults(run=cmd_data_stats)
     return top
 
 

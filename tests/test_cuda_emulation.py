@@ -2,48 +2,37 @@
 nms.cu and roi_align.cu, host code and kernels, compiled for the CPU, every thread of every launch
 run by the CPU (NMS's threads as OS threads that meet at __syncthreads). So the CUDA kernels'
 indexing (32- and 64-bit), their guards against bad input, the NMS bitmask and the deterministic
-backward's fixed-point sums are tested on machines without a GPU, against the CPU kernels. Not
-tested here: the GPU's races and speed (scripts/gpu_check.sh runs the real kernels there, also
-under compute-sanitizer)."""
+backward's fixed-point sums are tested on machines without a GPU, against the CPU kernels; so are
+the emulation's own trace and thread order (tests/cuda_emulation/cuda_on_cpu.h), which chapter 13
+uses to show which thread does what. Not tested here: the GPU's races and speed
+(scripts/gpu_check.sh runs the real kernels there, also under compute-sanitizer)."""
 
 import contextlib
 import math
 import os
-from pathlib import Path
 
 import pytest
 import torch
+from cuda_emulation import emulation
 from hypothesis import given
 from strategies import as_boxes, box_lists
 from test_nms import nms_inputs, tensors
 from test_roi_align import F32, F64, case_tensors, huge_float64_gradient_case, random_rois, roi_align_cases
-from torch.utils import cpp_extension
 
 from minimtl import ops
 from minimtl.bench.ops import random_boxes, unique_scores
 
-ROOT = Path(__file__).resolve().parent.parent
-EMULATION = Path(__file__).resolve().parent / "cuda_emulation"
-
 
 @pytest.fixture(scope="module")
-def emulated(tmp_path_factory):
-    """torch.ops.minimtl_emulated, built for this run (a few seconds to a minute).
+def emulated():
+    """torch.ops.minimtl_emulated (a minute to build the first time; then a cache hit).
 
-    Built in a fresh folder each time: torch's shared extension cache would serve a build made
-    against another torch, and a build killed half-way leaves a lock there that blocks the next.
+    tests/cuda_emulation/emulation.py builds it under build/cuda_emulation, in a folder of its own per
+    torch version, Python version and flags (torch's shared extension cache would serve a build made
+    against another torch), under a lock of its own (a build killed half-way leaves torch's lock behind).
     """
     extra = os.environ.get("MINIMTL_EMULATION_CFLAGS", "").split()  # scripts/sanitize.sh adds -fsanitize
-    cpp_extension.load(
-        name="minimtl_cuda_emulation",
-        sources=[str(EMULATION / "ops.cpp")],
-        extra_include_paths=[str(ROOT / "csrc"), str(EMULATION)],
-        extra_cflags=["-O2", *extra],
-        extra_ldflags=extra,
-        build_directory=str(tmp_path_factory.mktemp("cuda_emulation")),
-        is_python_module=False,
-    )
-    return torch.ops.minimtl_emulated
+    return emulation.load(tuple(extra))
 
 
 # Each RoIAlign test runs with the kernels' 32-bit indices, then with their 64-bit ones.
@@ -261,3 +250,69 @@ def test_backward_skips_rois_with_bad_batch_indices(emulated):
         grad_input = run(grad, rois, 1.0, 2, 2, 2, 3, 8, 8, 2, True)
         expected = torch.ops.minimtl._roi_align_backward(grad[:1], rois[:1], 1.0, 2, 2, 2, 3, 8, 8, 2, True)
         torch.testing.assert_close(grad_input, expected, atol=1e-6, rtol=1e-6)
+
+
+# --- the trace and the thread order (cuda_on_cpu.h; chapter 13 uses them) --------------------------
+
+
+def test_trace_shows_which_thread_writes_each_iou(emulated):
+    g = torch.Generator().manual_seed(8)
+    a, b = random_boxes(10, generator=g), random_boxes(300, generator=g)
+    with emulation.tracing(watch=[("pairwise_kernel", 4, 10 * 300)]) as trace:
+        out = emulated.box_iou(a, b)
+    assert torch.equal(out, ops.box_iou(a, b))
+    (launch,) = trace.launches
+    assert launch.name == "pairwise_kernel" and launch.grid == (3, 3, 1) and launch.block == (128, 4, 1)
+    assert len(trace.threads) == launch.num_threads  # idle threads (j >= 300, i >= 10) run too
+    writer = trace.threads[trace.writer(0)]  # (N * M, 5): the thread that wrote each output
+    i, j = torch.arange(10).repeat_interleave(300), torch.arange(300).repeat(10)
+    assert torch.equal(writer[:, 1] * 128 + writer[:, 3], j) and torch.equal(writer[:, 2] * 4 + writer[:, 4], i)
+    assert torch.equal(trace.values(0, torch.float32), out.flatten())
+
+
+def test_trace_of_nms_takes_turns_and_sees_the_mask(emulated):
+    g = torch.Generator().manual_seed(9)
+    n = 150
+    boxes, scores = random_boxes(n, size=150.0, max_side=80.0, generator=g), unique_scores(n, generator=g)
+    watch = [("nms_mask_kernel", 4, n * 3), ("nms_gather_kernel", 2, n)]
+    with emulation.tracing(watch=watch) as trace:
+        kept = emulated.nms(boxes, scores, 0.3)
+    assert torch.equal(kept, ops.nms(boxes, scores, 0.3))
+    assert [(x.name, x.grid, x.block) for x in trace.launches] == [
+        ("nms_mask_kernel", (3, 3, 1), (64, 1, 1)),
+        ("nms_gather_kernel", (1, 1, 1), (256, 1, 1)),
+    ]
+    words = trace.writer(0).view(n, 3)  # word (i, w) is written by thread i % 64 of block (w, i // 64), w >= i // 64
+    rank = torch.arange(n)[:, None]
+    assert torch.equal(words >= 0, torch.arange(3)[None, :] >= rank // 64)
+    writer = trace.threads[words.clamp(min=0)]
+    done = words >= 0
+    assert torch.equal(writer[:, :, 3][done], (rank % 64).expand(n, 3)[done])
+    assert torch.equal(writer[:, :, 2][done], (rank // 64).expand(n, 3)[done])
+    order = torch.sort(scores, descending=True, stable=True).indices
+    iou = ops.box_iou(boxes[order], boxes[order])
+    mask = trace.values(0, torch.int64).view(n, 3)
+    bits = (mask[:, torch.arange(n) // 64] >> (torch.arange(n) % 64)) & 1  # (n, n): bit j of row i
+    assert torch.equal(bits.bool() & done[:, torch.arange(n) // 64], (iou > 0.3).triu(1))
+    assert torch.equal(order[trace.values(1, torch.bool)], kept)
+
+
+def test_thread_order_changes_float_atomics_only(emulated):
+    g = torch.Generator().manual_seed(10)
+    rois = random_rois(30, 1, 16, generator=g)
+    args = (torch.randn(30, 2, 7, 7, generator=g), rois, 1.0, 7, 7, 1, 2, 16, 16, 2, True)
+    x = torch.randn(1, 2, 16, 16, generator=g)
+    first = emulated._roi_align_backward(*args)
+    fixed = deterministic(emulated._roi_align_backward, *args)
+    with emulation.tracing() as trace:
+        assert torch.equal(emulated._roi_align_backward(*args), first)  # a trace changes nothing
+    assert len(trace.atomics) > 0 and (trace.atomics[:, 3] == 0).all()
+    shuffled = []
+    for seed in range(3):
+        with emulation.thread_order(seed):
+            assert torch.equal(deterministic(emulated._roi_align_backward, *args), fixed)
+            assert torch.equal(emulated.roi_align(x, rois, 1.0, 7, 7, 2, True), ops.roi_align(x, rois, 7, 1.0, 2, True))
+            shuffled.append(emulated._roi_align_backward(*args))
+            torch.testing.assert_close(shuffled[-1], first, atol=1e-5, rtol=1e-5)
+    assert any(not torch.equal(s, first) for s in shuffled)  # float sums in another order: other last bits
+    assert torch.equal(emulated._roi_align_backward(*args), first)  # the default order is back

@@ -13,6 +13,7 @@ them by hand in Jupyter for the full sizes. Each notebook is executed once; both
 The kernel's TMPDIR is the test's tmp_path, so what a chapter writes to a temporary folder is cleaned up.
 """
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -74,4 +75,59 @@ def test_notebook_runs(path, monkeypatch, tmp_path):
     missing = cells_missing_pictures(notebook)
     assert not missing, f"{path.name}: cells meant to draw show no picture (index in the notebook's cells):\n" + (
         "\n".join(f"  cell {index}: {first_line}" for index, first_line in missing)
+    )
+
+
+def _render_script():
+    """scripts/render_chapters.py, imported as a module."""
+    spec = importlib.util.spec_from_file_location(
+        "render_chapters", Path(__file__).resolve().parent.parent / "scripts" / "render_chapters.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_render_writes_the_chapter_with_its_pictures(tmp_path):
+    render = _render_script()
+    source = tmp_path / "notebooks"
+    source.mkdir()
+    cells = [
+        nbformat.v4.new_markdown_cell("# 99. A chapter"),
+        nbformat.v4.new_code_cell(
+            "import os\nimport matplotlib.pyplot as plt\n"
+            "print('fast' if os.environ.get('MINIMTL_FAST') == '1' else 'full')\n"
+            "plt.plot([1, 3, 2])\nplt.show()"
+        ),
+    ]
+    path = source / "99_chapter.ipynb"
+    nbformat.write(
+        nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}}),
+        path,
+    )
+    out = tmp_path / "docs"
+    out.mkdir()
+    render.render(path, out, fast=False)
+    render.write_index(out)
+    text = (out / "99_chapter.md").read_text()
+    header = render.HEADER.match(text.split("\n", 1)[0])
+    assert header and header["name"] == "99_chapter.ipynb" and header["mode"] == "full"
+    assert header["sha"] == render.sources_sha256(nbformat.read(path, as_version=4))
+    assert "# 99. A chapter" in text and "\n    full\n" in text  # the markdown, and the cell's printed output
+    pictures = re.findall(r"!\[png\]\((99_chapter_files/[^)]+\.png)\)", text)
+    assert len(pictures) == 1 and (out / pictures[0]).read_bytes().startswith(b"\x89PNG")
+    assert "[99_chapter](99_chapter.md) | full |" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_rendered_copy_is_current(path):
+    """docs/chapters/ holds each chapter as rendered from its present text (scripts/render_chapters.py)."""
+    render = _render_script()
+    rendered = render.OUT / f"{path.stem}.md"
+    assert rendered.is_file(), f"no rendered copy of {path.name}: run python scripts/render_chapters.py {path.name[:2]}"
+    header = render.HEADER.match(rendered.read_text().split("\n", 1)[0])
+    assert header, f"{rendered} does not start with the render script's header"
+    assert header["mode"] == "full", f"{rendered} was rendered in fast mode; render it in full mode"
+    assert header["sha"] == render.sources_sha256(nbformat.read(path, as_version=4)), (
+        f"{path.name} changed since {rendered.name} was rendered: run python scripts/render_chapters.py {path.name[:2]}"
     )

@@ -95,3 +95,58 @@ def test_save_precision_recall(tmp_path, no_new_pyplot_figures):
     precision[:, :, :2] = np.linspace(1, 0, 101)[None, :, None, None, None]
     plots.save_precision_recall_curves(precision, [0, 1, 2], tmp_path / "curves.png", "segm", iou_threshold=0.75)
     assert (tmp_path / "curves.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def _analysed_scene():
+    """_scene's image with three objects, detections of every kind, and their error analysis."""
+    from minimtl.evaluation import classify_image, detection_confusion_matrix
+
+    image, target, detections = _scene()
+    target = {**target, "labels": target["labels"] + 1}  # label 0 is the background in error analysis
+    detections = {**detections, "labels": detections["labels"] + 1}
+    result = classify_image(detections, target)  # a hit, then two boxes on nothing: object 1 is missed
+    matrix = detection_confusion_matrix([detections], [target], num_classes=3, score_threshold=0.0)
+    return image, target, detections, result, matrix
+
+
+def test_draw_detections_with_notes():
+    image, _, detections = _scene()
+    ax = Figure().subplots()
+    plots.draw_detections(ax, image, detections, ["circle", "square"], notes=["", "bkg", "dup"])
+    assert [t.get_text() for t in ax.texts] == ["circle 0.90", "square 0.60 bkg"]
+
+
+def test_draw_confusion_matrix():
+    *_, matrix = _analysed_scene()
+    assert matrix.tolist() == [[0, 0, 2], [0, 1, 0], [1, 0, 0]]  # two square boxes on nothing, a square missed
+    ax = Figure().subplots()
+    plots.draw_confusion_matrix(ax, matrix, ["background", "circle", "square"])
+    assert [t.get_text() for t in ax.texts] == [str(n) for n in matrix.flat]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["missed", "circle", "square"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["no object", "circle", "square"]
+
+
+def test_draw_error_costs():
+    costs = {"classification": 0.1, "localisation": 0.05, "both": 0.0, "duplicate": 0.02, "background": 0.0,
+             "missed": 0.2, "all": 0.6}  # fmt: skip
+    ax = Figure().subplots()
+    plots.draw_error_costs(ax, costs)
+    assert len(ax.patches) == 6  # one bar per type, "all" left out
+    assert [t.get_text() for t in ax.get_yticklabels()][0] == "classification"
+    ax = Figure().subplots()
+    plots.draw_error_costs(ax, {"box": costs, "mask": costs})
+    assert len(ax.patches) == 12 and [t.get_text() for t in ax.get_legend().get_texts()] == ["box", "mask"]
+
+
+def test_truth_and_prediction(tmp_path, no_new_pyplot_figures):
+    image, target, detections, result, _ = _analysed_scene()
+    axes = Figure().subplots(1, 2)
+    assert result["types"].tolist() == ["correct", "background", "background"]
+    plots.draw_truth_and_prediction(axes, image, detections, target, ["bg", "circle", "square"], result=result)
+    assert [t.get_text() for t in axes[0].texts] == ["circle", "square missed"]
+    assert [t.get_text() for t in axes[1].texts] == ["circle 0.90", "square 0.60 bkg"]
+    fig = plots.truth_and_prediction_figure([image] * 3, [detections] * 3, [target] * 3, results=[result] * 3,
+                                            titles=["a", "b", "c"])  # fmt: skip
+    assert isinstance(fig, Figure) and len(fig.axes) == 8  # 2 rows of 2 pairs; the last pair left empty
+    fig.savefig(tmp_path / "pairs.png")
+    assert (tmp_path / "pairs.png").read_bytes().startswith(PNG_MAGIC)

@@ -53,6 +53,14 @@ def image_size_from_data(sizes: list[tuple[int, int]]) -> tuple[int, int]:
     return min_size, max_size
 
 
+def image_size(data: DataSection, sizes: list[tuple[int, int]]) -> tuple[int, int]:
+    """(min_size, max_size) a run resizes its images to: data.min_size / data.max_size where set, else
+    from the images' (height, width), as image_size_from_data decides."""
+    auto_min, auto_max = image_size_from_data(sizes)
+    min_size = data.min_size or auto_min
+    return min_size, data.max_size or max(auto_max, min_size)
+
+
 def prepare(run: RunConfig) -> Prepared:
     """The datasets, classes, model config and initial model a run trains with. Raises ValueError (or
     FileNotFoundError) for bad data or a bad backbone file: before any training starts."""
@@ -93,9 +101,7 @@ def prepare(run: RunConfig) -> Prepared:
     if masks_wanted and not has_masks:
         raise ValueError(f"model.masks is true but {data.coco_annotations} has no masks ('segmentation')")
     masks = has_masks and detection if masks_wanted is None else masks_wanted
-    auto_min, auto_max = image_size_from_data(sizes)
-    min_size = data.min_size or auto_min
-    max_size = data.max_size or max(auto_max, min_size)
+    min_size, max_size = image_size(data, sizes)
     if data.min_size is None:
         notes.append(
             f"image size: shorter side {min_size}, longer at most {max_size} (from the data: median shorter side "

@@ -5,9 +5,27 @@ CocoDataset(annotation_file, image_dir)              your COCO-format data (poly
 read_image(path)                                     an image file as (3, H, W) float in [0, 1]
 encode_rle(mask)                                     a mask as COCO's compressed RLE
 make_loader(dataset, batch_size, ...)                batches of (list of images, list of targets)
+
+Converters to COCO format (minimtl/data/convert/; each returns a COCO dict):
+voc_to_coco(input, images, classes=None)             Pascal VOC XML files (boxes; difficult -> crowd)
+labelmap_to_coco(input, images, classes=None)        instance label images (masks as compressed RLE)
+yolo_to_coco(input, images, classes=None)            YOLO txt files (boxes, or polygons)
+tile_coco(coco, images, tile_dir, size, overlap=0)   large images cut into tiles, objects with them
+write_coco_json(coco, path)                          the JSON, written atomically
+convert_to_coco(source, input, images, out, ...)     all of it: what `python -m minimtl data convert` runs
+
+data_stats(dataset, anchor_sizes, aspect_ratios, ...)   sizes, counts, and the objects no anchor reaches
 """
 
 from minimtl.data.coco import CocoDataset, semantic_map
+from minimtl.data.convert import (
+    convert_to_coco,
+    labelmap_to_coco,
+    tile_coco,
+    voc_to_coco,
+    write_coco_json,
+    yolo_to_coco,
+)
 from minimtl.data.images import read_image
 from minimtl.data.loader import collate, make_loader, split_key
 from minimtl.data.masks import (
@@ -20,6 +38,7 @@ from minimtl.data.masks import (
 )
 from minimtl.data.shapes import CLASSES as SHAPES_CLASSES
 from minimtl.data.shapes import ShapesDataset
+from minimtl.data.stats import DataStats, data_stats, suggest_anchor_sizes
 from minimtl.data.transforms import ColorJitter, Compose, RandomHorizontalFlip, default_train_transforms
 
 __all__ = [
@@ -28,12 +47,16 @@ __all__ = [
     "Compose",
     "RandomHorizontalFlip",
     "SHAPES_CLASSES",
+    "DataStats",
     "ShapesDataset",
     "check_segmentation",
     "collate",
+    "convert_to_coco",
+    "data_stats",
     "decode_segmentation",
     "default_train_transforms",
     "encode_rle",
+    "labelmap_to_coco",
     "make_loader",
     "polygon_to_mask",
     "read_image",
@@ -41,4 +64,9 @@ __all__ = [
     "rle_encode",
     "semantic_map",
     "split_key",
+    "suggest_anchor_sizes",
+    "tile_coco",
+    "voc_to_coco",
+    "write_coco_json",
+    "yolo_to_coco",
 ]

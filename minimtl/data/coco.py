@@ -116,7 +116,7 @@ class CocoDataset(Dataset):
             "image_id": int(info["id"]),
         }
         if self.masks:  # the semantic map needs the crowds' masks, even when the targets leave them out
-            masks = [self._decode(a, h, w) if k or self.semantic else None for a, k in zip(anns, keep, strict=True)]
+            masks = [self.decode_mask(a, h, w) if k or self.semantic else None for a, k in zip(anns, keep, strict=True)]
             kept_masks = [m for m, k in zip(masks, keep, strict=True) if k]
             target["masks"] = torch.from_numpy(_stack(kept_masks, h, w).astype(np.uint8))  # (K, H, W)
             if self.semantic:
@@ -156,7 +156,7 @@ class CocoDataset(Dataset):
             )
         return image
 
-    def _decode(self, ann: dict, h: int, w: int) -> np.ndarray:
+    def decode_mask(self, ann: dict, h: int, w: int) -> np.ndarray:
         """The (H, W) bool mask of an annotation; a crowd without a segmentation covers its box."""
         if not _has_segmentation(ann):
             mask = np.zeros((h, w), dtype=bool)

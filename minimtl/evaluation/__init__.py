@@ -1,5 +1,6 @@
 """Evaluation, written from scratch: COCO box and mask AP/AR (equal to pycocotools'), streamed one
-image at a time by CocoEvaluator; semantic mIoU."""
+image at a time by CocoEvaluator; error analysis (TIDE's error types and their AP cost, a confusion
+matrix of detections); semantic mIoU."""
 
 from minimtl.evaluation.coco import (
     IOU_THRESHOLDS,
@@ -9,6 +10,18 @@ from minimtl.evaluation.coco import (
     evaluate,
     evaluate_curves,
     per_class_ap,
+)
+from minimtl.evaluation.errors import (
+    COUNT_COLUMNS,
+    DETECTION_TYPES,
+    ERROR_TYPES,
+    ErrorAnalysis,
+    analyze_errors,
+    ap_at,
+    classify_image,
+    detection_confusion_matrix,
+    fix_errors,
+    missed_objects,
 )
 from minimtl.evaluation.semantic import confusion_matrix, mean_iou
 
@@ -22,4 +35,14 @@ __all__ = [
     "RECALL_THRESHOLDS",
     "confusion_matrix",
     "mean_iou",
+    "analyze_errors",
+    "ap_at",
+    "classify_image",
+    "detection_confusion_matrix",
+    "fix_errors",
+    "missed_objects",
+    "ErrorAnalysis",
+    "DETECTION_TYPES",
+    "ERROR_TYPES",
+    "COUNT_COLUMNS",
 ]

@@ -1,0 +1,101 @@
+"""`python -m minimtl data convert` as a user types it (called in-process through minimtl.cli.main):
+the summary it prints, and the one-line errors, checked before any file is read."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minimtl.cli import main
+
+
+def convert(*args) -> int:
+    return main(["data", "convert", *map(str, args)])
+
+
+def user_error(capsys, *args) -> str:
+    """A user's mistake: exit status 2 and one line, `minimtl: error: ...`."""
+    with pytest.raises(SystemExit) as exit:
+        convert(*args)
+    assert exit.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("minimtl: error: "), err
+    return err
+
+
+@pytest.fixture
+def voc(tmp_path):
+    """Two VOC files (one object difficult) and their images."""
+    (tmp_path / "xml").mkdir()
+    (tmp_path / "jpg").mkdir()
+    for stem, objects in (("a", [("dog", 1, 1, 10, 8, 0), ("cat", 5, 5, 20, 16, 1)]), ("b", [("dog", 2, 2, 6, 6, 0)])):
+        Image.fromarray(np.zeros((16, 24, 3), np.uint8)).save(tmp_path / "jpg" / f"{stem}.jpg")
+        parts = [f"<annotation><filename>{stem}.jpg</filename><size><width>24</width><height>16</height></size>"]
+        for name, x1, y1, x2, y2, difficult in objects:
+            parts.append(f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{x1}</xmin>"
+                         f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>")  # fmt: skip
+        (tmp_path / "xml" / f"{stem}.xml").write_text("".join(parts) + "</annotation>")
+    return tmp_path
+
+
+def test_voc_converts_and_prints_what_it_wrote(voc, capsys):
+    out = voc / "coco" / "ann.json"
+    assert convert("--from", "voc", "--input", voc / "xml", "--images", voc / "jpg", "--out", out) == 0
+    stdout = capsys.readouterr().out
+    assert f"Pascal VOC XML files -> {out}: 2 images; 3 objects (cat 1, dog 2), boxes only" in stdout
+    assert "VOC's difficult objects (1): written as crowd regions" in stdout
+    assert f"--coco-annotations {out} --coco-images {voc / 'jpg'}" in stdout
+    coco = json.loads(out.read_text())
+    assert [a["iscrowd"] for a in coco["annotations"]] == [0, 1, 0]
+    # shell-expanded files, classes fixed, difficult kept, tiled
+    files = sorted(str(p) for p in (voc / "xml").glob("*.xml"))
+    args = ["--images", voc / "jpg", "--out", out, "--classes", "dog,cat", "--difficult", "keep"]
+    assert convert("--from", "voc", "--input", *files, *args, "--tile", 16, "--overlap", 4) == 0
+    stdout = capsys.readouterr().out
+    assert "2 images with 3 objects, cut into 4 tiles of at most 16 x 16 pixels (overlap 4)" in stdout
+    assert "; 0 objects in no tile at all." in stdout
+    coco = json.loads(out.read_text())
+    assert [c["name"] for c in coco["categories"]] == ["dog", "cat"]
+    assert [i["file_name"] for i in coco["images"]] == ["a_0_0.png", "a_8_0.png", "b_0_0.png", "b_8_0.png"]
+    assert (out.parent / "images" / "b_8_0.png").is_file()
+
+
+def test_bad_flags_are_one_line_before_any_work(voc, capsys):
+    base = ["--input", voc / "xml", "--images", voc / "jpg", "--out", voc / "ann.json"]
+    cases = [
+        (["--from", "coco", *base], "--from coco: unknown format; choose one of voc, labelmap, yolo"),
+        (["--from", "voc", *base, "--overlap", 8], "--overlap needs --tile SIZE"),
+        (["--from", "voc", *base, "--min-fraction", 0.3], "--min-fraction needs --tile SIZE"),
+        (["--from", "voc", *base, "--tile", 16, "--overlap", 16], "--overlap 16: must be at least 0 and less than"),
+        (["--from", "voc", *base, "--tile", 0], "--tile 0: the tile size must be a positive number"),
+        (["--from", "voc", *base, "--tile", 16, "--min-fraction", 1.5], "--min-fraction 1.5: must be in (0, 1]"),
+        (["--from", "voc", *base, "--classes", "dog,,cat"], "--classes: expected distinct non-empty names"),
+        (["--from", "voc", *base, "--classes", "dog,cat,dog"], "--classes: dog given twice"),
+        (["--from", "yolo", *base, "--difficult", "keep"], "--difficult is for --from voc, not --from yolo"),
+        (["--from", "voc", *base, "--difficult", "ignore"], "--difficult ignore: choose one of crowd, keep, drop"),
+    ]
+    for args, message in cases:
+        assert message in user_error(capsys, *args), args
+    assert not (voc / "ann.json").exists()
+    message = user_error(
+        capsys, "--from", "voc", "--input", voc / "nothing", "--images", voc / "jpg", "--out", "x.json"
+    )
+    assert "input " in message and "nothing: no VOC XML files there" in message
+    message = user_error(capsys, "--from", "labelmap", *base)
+    assert "no label images there (looked for .png, .tif, .tiff)" in message
+
+
+def test_bad_files_name_the_file_and_the_object(voc, capsys):
+    common = ["--images", voc / "jpg", "--out", voc / "o.json"]
+    message = user_error(capsys, "--from", "voc", "--input", voc / "xml", *common, "--classes", "dog")
+    assert "a.xml: object 2 ('cat'): the class 'cat' is not in the classes (dog)" in message
+    xml = voc / "xml" / "b.xml"
+    xml.write_text(xml.read_text().replace("<xmax>6</xmax>", "<xmax>60</xmax>"))
+    message = user_error(capsys, "--from", "voc", "--input", voc / "xml", *common)
+    assert "b.xml: object 1 ('dog'): xmin 2, xmax 60 must satisfy 0 <= xmin <= xmax <= width (24" in message
+    (voc / "txt").mkdir()
+    (voc / "txt" / "a.txt").write_text("0 0.5 0.5 0.1 0.1\n0 0.5 0.5 0.1\n")
+    message = user_error(capsys, "--from", "yolo", "--input", voc / "txt", *common)
+    assert "a.txt line 2: expected 'class x_centre y_centre width height'" in message
+    assert not (voc / "o.json").exists()
