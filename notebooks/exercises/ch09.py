@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from exercises.common import call as _call
+from exercises.common import close as _close
 from exercises.common import has_keys as _keys
 from exercises.common import keeps_global_rng as _keeps_global_rng
 from exercises.common import number as _number
@@ -35,29 +37,6 @@ VERDICTS = ("better", "worse", "no clear difference")
 
 
 # --- helpers: every failure is an AssertionError that names the exercise ---------------------------
-
-
-def _call(k: int, function, *args):
-    """The learner's function, called; an exception in it becomes an AssertionError saying so."""
-    if not callable(function):
-        raise AssertionError(f"exercise {k}: pass your function (or class) itself, got {type(function).__name__}")
-    try:
-        return function(*args)
-    except AssertionError:
-        raise
-    except Exception as error:
-        raise AssertionError(f"exercise {k}: your code raised {type(error).__name__}: {error}") from error
-
-
-def _close(k: int, what: str, got, expected: Tensor, atol=1e-5, rtol=1e-5) -> None:
-    if not isinstance(got, Tensor):
-        raise AssertionError(f"exercise {k}: {what} should be a tensor, got {type(got).__name__}")
-    if got.shape != expected.shape:
-        raise AssertionError(f"exercise {k}: {what} should have shape {tuple(expected.shape)}, got {tuple(got.shape)}")
-    try:
-        torch.testing.assert_close(got.to(expected.dtype), expected, atol=atol, rtol=rtol)
-    except AssertionError as error:
-        raise AssertionError(f"exercise {k}: {what} differs from the expected values: {error}") from None
 
 
 def small_levels(generator, channels=(4, 8, 16), finest=16, batch=2) -> list[Tensor]:
