@@ -77,8 +77,13 @@ def read_metrics(source) -> list[dict]:
 
 
 def save_loss_curves(metrics, path) -> None:
+    loss_curves_figure(metrics).savefig(path, dpi=100)
+
+
+def loss_curves_figure(metrics) -> Figure:
     """Every loss term (and the total) against the step, log scale; beside them, when the log has
-    validation lines ({"step", "eval": {...}}), the evaluation numbers against the step."""
+    validation lines ({"step", "eval": {...}}), the evaluation numbers against the step.
+    metrics: a metrics.jsonl path or its lines (read_metrics)."""
     lines = read_metrics(metrics)
     losses = [line for line in lines if "loss" in line]
     evals = [line for line in lines if "eval" in line]
@@ -97,7 +102,7 @@ def save_loss_curves(metrics, path) -> None:
         ax.set(xlabel="step", ylabel="metric", ylim=(0, 1), title="validation")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    return fig
 
 
 def save_precision_recall(predictions, targets, path, iou_type="bbox", classes=None, iou_threshold=0.5) -> None:

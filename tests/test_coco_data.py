@@ -235,6 +235,21 @@ def test_read_image_errors_name_the_path(tmp_path):
         read_image(tmp_path / "cut.png")
 
 
+def test_missing_images_in_images_beside_the_file_are_pointed_at(tmp_path):
+    # minimtl's converters and `data fetch` write file_names relative to images/ beside the JSON
+    images = [{"id": 1, "file_name": "a.png", "height": H, "width": W}]
+    file = write_coco(tmp_path, [], images, make_images=False)
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(tmp_path / "images" / "a.png")
+    message = rf"image .*a.png .* does not exist; it is in {tmp_path / 'images'}: .*--coco-images"
+    with pytest.raises(FileNotFoundError, match=message):
+        CocoDataset(file, tmp_path).check_image_files()
+    CocoDataset(file, tmp_path / "images").check_image_files()  # the folder given: found
+    (tmp_path / "images" / "a.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"does not exist$"):  # nowhere: no hint
+        CocoDataset(file, tmp_path).check_image_files()
+
+
 def test_item_errors_name_the_image_file_and_id(tmp_path):
     images = [
         {"id": 1, "file_name": "gone.png", "height": H, "width": W},

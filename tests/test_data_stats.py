@@ -93,11 +93,27 @@ def test_small_objects_are_unreached_and_smaller_anchors_fix_it(tmp_path):
     area = ((smallest[:, 2] - smallest[:, 0]) * (smallest[:, 3] - smallest[:, 1])).min().item()
     assert stats.best_anchor_iou.max() <= 36 / area + 1e-6  # the box inside the smallest anchor
     suggestions = suggest_anchor_sizes(dataset, stats)
-    best_sizes, unreached = suggestions[0]
+    best_sizes, unreached, _ = suggestions[0]
     assert best_sizes[0] == (8,) and unreached == 0.0  # a 6x6 box in an 8x8 anchor: 36/64 = 0.56 when aligned
-    assert [u for _, u in suggestions] == sorted(u for _, u in suggestions)
+    assert [u for _, u, _ in suggestions] == sorted(u for _, u, _ in suggestions)
+    assert {len(sizes[0]) for sizes, _, _ in suggestions} == {1, 2}  # one and two scales per octave
+    assert ((8, 11), (16, 23), (32, 45), (64, 91), (128, 181)) in [sizes for sizes, _, _ in suggestions]
     size_line = next(line for line in stats.summary().splitlines() if "0-16 px" in line)
     assert "14 objects" in size_line and "100.0% unreached" in size_line
+
+
+def test_a_second_scale_per_octave_fits_objects_between_levels(tmp_path):
+    # 23-pixel squares, between P2's 16-pixel and P3's 32-pixel anchors: the worst case of one scale.
+    # Centred on an anchor, the best is 16^2 / 23^2 = 0.48 or 23^2 / 32^2 = 0.52, both
+    # below the RPN's 0.7; a 23-pixel anchor on P2 (sizes s and s * sqrt(2), rounded to 24) fits them at 0.92.
+    between = [[(4 * k - 11.5, 40 - 11.5, 23, 23, 1) for k in range(3, 10)]]  # centred on anchor centres
+    dataset = write(tmp_path, between, size=(128, 128))
+    one = data_stats(dataset, ((16,), (32,), (64,), (128,), (256,)), RATIOS, min_size=128, max_size=128)
+    two = data_stats(dataset, ((16, 23), (32, 45), (64, 91), (128, 181), (256, 362)), RATIOS, 128, 128)
+    assert one.best_anchor_iou.max() < 0.7 and one.unreached(0.7).all()
+    assert (two.best_anchor_iou > 0.9).all() and not two.unreached(0.7).any()
+    best_sizes, at_05, at_07 = suggest_anchor_sizes(dataset, one)[0]
+    assert len(best_sizes[0]) == 2 and at_05 == 0.0 and at_07 == 0.0
 
 
 def test_no_objects_and_no_masks(tmp_path):
@@ -117,7 +133,8 @@ def test_command_line(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "1 images, 7 objects" in out and "objects no anchor reaches at IoU >= 0.5: 100.0%" in out
     suggestions = out.split("anchor sizes to try")[1].splitlines()[1:]
-    assert re.fullmatch(r"  --set model.anchor_sizes=\[\[8\],\[16\],\[32\],\[64\],\[128\]\] +0.0%", suggestions[0])
+    eights = r"  --set model.anchor_sizes=\[\[8\],\[16\],\[32\],\[64\],\[128\]\]"
+    assert re.fullmatch(eights + r" +0.0% +\d+\.\d%", suggestions[0])  # the shares at IoU 0.5 and 0.7
     current = [line for line in suggestions if line.endswith("<- the current setting")]  # the small preset's
     assert len(current) == 1 and "=[[16],[32],[64],[128],[256]]" in current[0] and "100.0%" in current[0]
     smaller = ["--set", "model.anchor_sizes=[[8],[16],[32],[64],[128]]", "--set", "data.min_size=128"]

@@ -31,11 +31,11 @@ def report(stats: DataStats, suggestions: list) -> str:
     lines = [stats.summary()]
     if len(stats.labels):
         current = [list(s) for s in stats.anchor_sizes]
-        lines.append("anchor sizes to try (objects none of them reaches at IoU >= 0.5):")
+        lines.append("anchor sizes to try (the share of objects none of them reaches at IoU >= 0.5, and >= 0.7):")
         flags = [f"--set model.anchor_sizes={json.dumps([list(s) for s in sizes], separators=(',', ':'))}"
-                 for sizes, _ in suggestions]  # fmt: skip
+                 for sizes, _, _ in suggestions]  # fmt: skip
         width = max(map(len, flags))
-        for flag, (sizes, unreached) in zip(flags, suggestions, strict=True):
+        for flag, (sizes, at_05, at_07) in zip(flags, suggestions, strict=True):
             mark = "   <- the current setting" if [list(s) for s in sizes] == current else ""
-            lines.append(f"  {flag:<{width}}  {unreached:6.1%}{mark}")
+            lines.append(f"  {flag:<{width}}  {at_05:6.1%} {at_07:6.1%}{mark}")
     return "\n".join(lines)

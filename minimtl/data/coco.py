@@ -138,7 +138,16 @@ class CocoDataset(Dataset):
                 f"CocoDataset: image {self.image_dir / first['file_name']} (image id {first['id']}, listed in "
                 f"{self.annotation_file}) does not exist"
                 + (f"; {len(missing) - 1} more are missing" if len(missing) > 1 else "")
+                + self._where_they_are(first["file_name"])
             )
+
+    def _where_they_are(self, file_name: str) -> str:
+        """A hint when the file is in images/ beside the annotation file, where minimtl's converters and
+        `data fetch` write them (file_names relative to that folder)."""
+        folder = Path(self.annotation_file).parent / "images"
+        if folder != self.image_dir and (folder / file_name).is_file():
+            return f"; it is in {folder}: give that folder as the images' folder (--coco-images {folder})"
+        return ""
 
     def _read_image(self, info: dict) -> torch.Tensor:
         """The image of one entry of "images", checked against its height and width: (3, H, W)."""

@@ -22,7 +22,11 @@ Choosing anchors for small objects (the question users of every detector ask): a
 stride 4 cannot fit an object much smaller than s — a 6-pixel object inside a 16-pixel anchor has IoU
 36 / 256 = 0.14 at best. Two remedies, which `suggest_anchor_sizes` compares: smaller anchors
 (halve every level's size: P2 then holds 8-pixel anchors), or larger images (data.min_size: every
-object grows with the image, at a cost in time and memory that grows with the pixels).
+object grows with the image, at a cost in time and memory that grows with the pixels). Objects can
+also fall between two levels: one size per level leaves an object of 1.41 s (halfway, in the log,
+between s and 2 s) at IoU 0.71 with either anchor when perfectly aligned, and a stride away from an
+anchor's centre much less; a second size per level (s * sqrt(2)) fills the gap, at the cost of
+twice the anchors.
 
 Shapes: K objects in all (crowds and empty boxes left out); per-object arrays are (K,) or (K, 2).
 """
@@ -177,14 +181,23 @@ def data_stats(dataset, anchor_sizes, aspect_ratios, min_size: int, max_size: in
     )
 
 
-def suggest_anchor_sizes(dataset, stats: DataStats, smallest=(8, 16, 32, 64)) -> list[tuple[tuple, float]]:
+def suggest_anchor_sizes(dataset, stats: DataStats, smallest=(8, 16, 32, 64)) -> list[tuple[tuple, float, float]]:
     """The anchor sizes to try: for each smallest size s in `smallest`, the levels (s, 2s, 4s, 8s, 16s)
-    with the current aspect ratios and image size, and the share of objects none of them reaches at
-    IoU 0.5. [(anchor_sizes, unreached share)], best first (ties: the current one's first size nearest)."""
+    (one scale per octave), and the same with a second size s * sqrt(2) on each level (two scales per
+    octave: an object between two levels' sizes, the worst case of one scale, gets an anchor of about
+    its size; RetinaNet uses three), with the current aspect ratios and image size.
+    [(anchor_sizes, unreached share at IoU 0.5, at IoU 0.7)], best first: fewest unreached at 0.5,
+    then at 0.7 (the RPN's positive threshold), then fewer anchors, then the current first size nearest."""
     tried = []
     for s in smallest:
-        sizes = tuple((s * 2**level,) for level in range(5))
-        other = data_stats(dataset, sizes, stats.aspect_ratios, stats.min_size, stats.max_size, masks=False)
-        tried.append((sizes, float(other.unreached(0.5).mean()) if len(other.labels) else 0.0))
+        for scales in (1, 2):
+            sizes = tuple(
+                tuple(round(s * 2**level * 2 ** (k / 2)) for k in range(scales)) for level in range(5)
+            )  # fmt: skip
+            other = data_stats(dataset, sizes, stats.aspect_ratios, stats.min_size, stats.max_size, masks=False)
+            shares = [float(other.unreached(iou).mean()) if len(other.labels) else 0.0 for iou in (0.5, 0.7)]
+            tried.append((sizes, *shares))
     current = stats.anchor_sizes[0][0]
-    return sorted(tried, key=lambda t: (round(t[1], 4), abs(math.log2(t[0][0][0] / current))))
+    return sorted(
+        tried, key=lambda t: (round(t[1], 4), round(t[2], 4), len(t[0][0]), abs(math.log2(t[0][0][0] / current)))
+    )

@@ -4,6 +4,7 @@ random state as the notebook had it."""
 
 import functools
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -69,6 +70,9 @@ def has_keys(k: int, answer, keys) -> None:
 
 
 def number(k: int, what: str, value) -> float:
+    """A number (int, float, numpy or one-element tensor), never a string or a bool."""
+    if value is None or isinstance(value, (str, bytes, bool, np.bool_)):
+        raise AssertionError(f"exercise {k}: {what} should be a number, got {type(value).__name__} {value!r}")
     try:
         return float(value)
     except (TypeError, ValueError, RuntimeError):
