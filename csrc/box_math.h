@@ -1,9 +1,11 @@
 // The arithmetic of one pair of boxes, shared by the CPU and the CUDA kernels.
 //
-// It is written line for line like minimtl/ops/reference.py, and both are compiled without
-// contracting a*b+c into a fused multiply-add (-ffp-contract=off, nvcc -fmad=false): every
-// kernel then produces the reference's IoU to the last bit, so NMS takes the same decision
-// everywhere, even when an IoU equals the threshold exactly.
+// It is written line for line like minimtl/ops/reference.py, and no product here is contracted
+// with an addition into a fused multiply-add: on the CPU the whole build says so
+// (-ffp-contract=off), on the GPU each product does (mul_rn: __fmul_rn / __dmul_rn, which nvcc never
+// fuses), so the other CUDA code (RoIAlign) keeps its FMAs. Every kernel then produces the
+// reference's IoU to the last bit, so NMS takes the same decision everywhere, even when an IoU
+// equals the threshold exactly.
 //
 // Boxes are (x1, y1, x2, y2). The rules for degenerate and non-finite input (documented in
 // minimtl/ops/boxes.py) follow from three lines below:
@@ -24,6 +26,20 @@
 
 namespace minimtl {
 
+// a * b, rounded on its own: never fused with an addition that uses it (see the top of the file).
+template <typename T>
+MINIMTL_HOST_DEVICE T mul_rn(T a, T b) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(T) == 8) {
+    return __dmul_rn(a, b);
+  } else {
+    return __fmul_rn(a, b);
+  }
+#else
+  return a * b;
+#endif
+}
+
 // max(x, 0) that keeps NaN, as torch.clamp does: NaN < 0 is false, so NaN is returned.
 template <typename T>
 MINIMTL_HOST_DEVICE T clamp_min0(T x) {
@@ -43,7 +59,7 @@ MINIMTL_HOST_DEVICE T max_(T a, T b) {
 
 template <typename T>
 MINIMTL_HOST_DEVICE T box_area(T x1, T y1, T x2, T y2) {
-  return clamp_min0(x2 - x1) * clamp_min0(y2 - y1);
+  return mul_rn(clamp_min0(x2 - x1), clamp_min0(y2 - y1));
 }
 
 // Area of the intersection of boxes a and b (0 when they do not overlap).
@@ -51,7 +67,7 @@ template <typename T>
 MINIMTL_HOST_DEVICE T intersection(T ax1, T ay1, T ax2, T ay2, T bx1, T by1, T bx2, T by2) {
   T w = clamp_min0(min_(ax2, bx2) - max_(ax1, bx1));
   T h = clamp_min0(min_(ay2, by2) - max_(ay1, by1));
-  return w * h;
+  return mul_rn(w, h);
 }
 
 // IoU from the intersection and the two areas. Both branches are computed and one is selected, so
@@ -78,7 +94,7 @@ MINIMTL_HOST_DEVICE T pair_giou(T ax1, T ay1, T ax2, T ay2, T area_a, T bx1, T b
   T iou = iou_from_areas(inter, area_a, area_b);
   T cw = clamp_min0(max_(ax2, bx2) - min_(ax1, bx1));
   T ch = clamp_min0(max_(ay2, by2) - min_(ay1, by1));
-  T enclose = cw * ch;
+  T enclose = mul_rn(cw, ch);
   T safe = enclose > T(0) ? enclose : T(1);
   T penalty = (enclose - uni) / safe;
   penalty = penalty < T(0) ? T(0) : (penalty > T(1) ? T(1) : penalty);  // keeps NaN, like torch.clamp

@@ -64,8 +64,8 @@ MINIMTL_HOST_DEVICE RoIGeometry<T> roi_geometry(T x1, T y1, T x2, T y2, T spatia
 }
 
 // Sample i of bin p: start + p * bin + (i + 0.5) * bin / grid.
-template <typename T>
-MINIMTL_HOST_DEVICE T sample_coord(T start, T bin, int64_t p, int64_t i, int64_t grid) {
+template <typename T, typename I>
+MINIMTL_HOST_DEVICE T sample_coord(T start, T bin, I p, I i, int64_t grid) {
   return start + static_cast<T>(p) * bin + (static_cast<T>(i) + T(0.5)) * bin / static_cast<T>(grid);
 }
 
@@ -74,11 +74,10 @@ MINIMTL_HOST_DEVICE T sample_coord(T start, T bin, int64_t p, int64_t i, int64_t
 // sample on each side against rounding: each visited sample is still tested exactly). Skipping
 // the others changes nothing, since a sample off the map contributes 0, and it bounds the work
 // of a huge RoI by the size of the map.
-template <typename T>
-MINIMTL_HOST_DEVICE void sample_range(T start, T bin, int64_t p, int64_t grid, int64_t size, int64_t* first,
-                                      int64_t* last) {
+template <typename T, typename I>
+MINIMTL_HOST_DEVICE void sample_range(T start, T bin, I p, int64_t grid, I size, I* first, I* last) {
   *first = 0;
-  *last = grid;
+  *last = static_cast<I>(grid);  // grid <= kMaxSamplesPerBinSide = 2^30: fits an int32_t
   if (grid <= kFewSamples) return;
   const double step = static_cast<double>(bin) / static_cast<double>(grid);
   const double base = static_cast<double>(start) + static_cast<double>(p) * static_cast<double>(bin);
@@ -90,24 +89,26 @@ MINIMTL_HOST_DEVICE void sample_range(T start, T bin, int64_t p, int64_t grid, i
   double hi = floor((static_cast<double>(size) - base) / step - 0.5) + 2.0;  // exclusive
   lo = lo > 0.0 ? lo : 0.0;
   hi = hi < static_cast<double>(grid) ? hi : static_cast<double>(grid);
-  *first = static_cast<int64_t>(lo);
-  *last = hi > lo ? static_cast<int64_t>(hi) : *first;
+  *first = static_cast<I>(lo);
+  *last = hi > lo ? static_cast<I>(hi) : *first;
 }
 
 // One axis of bilinear interpolation: the pixels below and above a sample and their weights.
-template <typename T>
+// I, the pixel index type: int64_t, or int32_t where the caller knows every index fits (the CUDA
+// kernels' 32-bit path: fewer registers, cheaper arithmetic).
+template <typename T, typename I = int64_t>
 struct Neighbours {
-  int64_t low, high;
+  I low, high;
   T w_low, w_high;
 };
 
 // Returns false for a sample that does not count (beyond [-1, size], or NaN).
-template <typename T>
-MINIMTL_HOST_DEVICE bool neighbours(T coord, int64_t size, Neighbours<T>* out) {
+template <typename T, typename I>
+MINIMTL_HOST_DEVICE bool neighbours(T coord, I size, Neighbours<T, I>* out) {
   if (!(coord >= T(-1) && coord <= static_cast<T>(size))) return false;
   if (coord < T(0)) coord = T(0);  // in [-1, 0): the first pixel
-  int64_t low = static_cast<int64_t>(coord);
-  int64_t high = low + 1;
+  I low = static_cast<I>(coord);
+  I high = low + 1;
   T frac = coord - static_cast<T>(low);
   if (low >= size - 1) {  // at or past the last pixel: both neighbours are the last pixel
     low = high = size - 1;

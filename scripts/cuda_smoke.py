@@ -1,12 +1,12 @@
-"""Every CUDA kernel once on small and awkward inputs: what compute-sanitizer runs under memcheck
-and racecheck in scripts/gpu_check.sh (the full tests would take hours under the sanitizer).
+"""Every CUDA kernel once on small and awkward inputs: what compute-sanitizer runs under memcheck,
+racecheck and synccheck in scripts/gpu_check.sh (the full tests would take hours under the sanitizer).
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python scripts/cuda_smoke.py
 
 Sizes around the NMS kernel's 64-box blocks (0, 1, 63, 64, 65, ...), NaN/inf boxes and scores,
 empty inputs, every dtype, RoIAlign forward and backward in both backward modes (atomic float and
-deterministic fixed point), bad batch indices. It checks results against the CPU kernels too, so it
-is also a quick correctness check.
+deterministic fixed point), bad batch indices checked and unchecked, a batch without images. It
+checks results against the CPU kernels too, so it is also a quick correctness check.
 """
 
 import math
@@ -68,7 +68,7 @@ def main() -> None:
                 torch.testing.assert_close(xg.grad.cpu(), xc.grad)
         empty = ops.roi_align(x.to("cuda", dtype), torch.zeros(0, 5, device="cuda"), 7)
         assert empty.shape == (0, 8, 7, 7)
-    for index in (7.0, -1.0, 0.5, math.nan):  # a bad batch index: the kernel skips the RoI, the host reports it
+    for index in (7.0, -1.0, 0.5, math.nan):  # a bad batch index: an error from the check, zeros from the kernel
         bad = rois.clone()
         bad[5, 0] = index
         try:
@@ -76,6 +76,14 @@ def main() -> None:
             raise AssertionError(f"batch index {index} was accepted")
         except RuntimeError as error:
             assert "in row 5" in str(error), error
+        xg = x.cuda().requires_grad_()
+        unchecked = ops.roi_align(xg, bad.cuda(), 7, check_indices=False)
+        assert (unchecked[5] == 0).all()
+        unchecked.sum().backward()  # the backward skips the row too
+    no_images = torch.zeros(0, 8, 13, 17, device="cuda", requires_grad=True)  # N = 0: nothing to launch
+    out = ops.roi_align(no_images, rois.cuda(), 7, check_indices=False)
+    out.sum().backward()
+    assert (out == 0).all() and no_images.grad.shape == (0, 8, 13, 17)
     torch.cuda.synchronize()
     print("cuda_smoke: every CUDA kernel ran; results equal the CPU kernels'")
 

@@ -146,16 +146,65 @@ def test_roi_align_half_precision_and_channels_last(emulated):
         torch.testing.assert_close(out, ops.roi_align(x.to(dtype), rois, (3, 4), 1.0, -1, True), atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize("index, shown", [(-1.0, "-1"), (2.0, "2"), (0.5, "0.5"), (math.nan, "nan"), (math.inf, "inf")])
-def test_roi_align_bad_batch_index_is_an_error(emulated, index, shown):
-    # The kernel tests the index itself and raises a flag; the host then names the row.
-    x = torch.randn(2, 3, 8, 8)
-    rois = torch.tensor([[0, 1, 1, 4, 4], [index, 1, 1, 4, 4]])
-    message = rf"roi_align: rois\[:, 0\] must hold integer batch indices in \[0, 2\), got {shown} in row 1"
-    with pytest.raises(RuntimeError, match=message):
-        emulated.roi_align(x, rois, 1.0, 2, 2, 2, True)
-    with pytest.raises(RuntimeError, match=message):  # no kernel runs without channels: checked before
-        emulated.roi_align(x[:, :0], rois, 1.0, 2, 2, 2, True)
+@pytest.mark.parametrize("index", [-1.0, 2.0, 0.5, math.nan, math.inf, 1e30])
+def test_roi_align_bad_batch_index_gives_zeros_without_waiting(emulated, index):
+    # The CUDA op never reports a bad index (naming it would make the host wait for the GPU on every
+    # call; minimtl.ops.roi_align checks a Tensor[K, 5] before): the RoI reads nothing and gives zeros.
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 8, 8, generator=g)
+    rois = torch.tensor([[0, 1, 1, 4, 4], [index, 1, 1, 4, 4], [1, 2, 2, 6, 6]])
+    waits = emulated.host_waits()
+    out = emulated.roi_align(x, rois, 1.0, 2, 2, 2, True)
+    assert emulated.host_waits() == waits, "the forward copied to the host or synchronised"
+    assert (out[1] == 0).all()
+    torch.testing.assert_close(out[[0, 2]], ops.roi_align(x, rois[[0, 2]], 2, 1.0, 2, True), atol=1e-6, rtol=1e-6)
+    assert emulated.roi_align(x[:, :0], rois, 1.0, 2, 2, 2, True).shape == (3, 0, 2, 2)  # no kernel, no error
+
+
+@INDEX_BITS
+def test_roi_align_forward_and_float_backward_never_wait(emulated, index_bits):
+    # No copy to the host and no stream synchronisation: the CPU keeps queueing work while the GPU
+    # runs, and the ops can be captured in a CUDA graph. (The deterministic backward waits once, for
+    # its bound B; see roi_align_backward_deterministic.)
+    g = torch.Generator().manual_seed(6)
+    x, rois = torch.randn(2, 4, 16, 16, generator=g), random_rois(40, 2, 16, generator=g)
+    waits = emulated.host_waits()
+    with index_type(emulated, index_bits):
+        out = emulated.roi_align(x, rois, 0.5, 3, 3, -1, False)
+        emulated._roi_align_backward(torch.ones_like(out), rois, 0.5, 3, 3, 2, 4, 16, 16, -1, False)
+    assert emulated.host_waits() == waits
+
+
+def test_roi_align_backward_of_a_batch_without_images_launches_nothing(emulated):
+    # N = 0: every RoI's index is bad and the gradient is empty. A launch of zero blocks would be
+    # cudaErrorInvalidConfiguration on a GPU (and is refused by the emulation): the op returns first.
+    rois = torch.tensor([[0, 1, 1, 4, 4.0]])
+    for run in (emulated._roi_align_backward, lambda *a: deterministic(emulated._roi_align_backward, *a)):
+        grad_input = run(torch.ones(1, 3, 2, 2), rois, 1.0, 2, 2, 0, 3, 8, 8, 2, True)
+        assert grad_input.shape == (0, 3, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "grid, block, refused",
+    [
+        ((0, 1, 1), (256, 1, 1), "cudaErrorInvalidConfiguration"),  # no blocks
+        ((1, 1, 1), (0, 1, 1), "cudaErrorInvalidConfiguration"),  # no threads
+        ((1, 1, 1), (1025, 1, 1), "cudaErrorInvalidConfiguration"),  # over 1024 threads a block
+        ((1, 1, 1), (64, 32, 1), "cudaErrorInvalidConfiguration"),  # 2048 threads, each axis allowed
+        ((1, 65536, 1), (32, 1, 1), "cudaErrorInvalidConfiguration"),  # grid.y over 65535
+        ((2**31, 1, 1), (32, 1, 1), "cudaErrorInvalidConfiguration"),  # grid.x over 2^31 - 1
+        ((2**32, 1, 1), (32, 1, 1), "does not fit an unsigned int"),  # a real dim3 would truncate it to 0
+        ((1, 1, 2), (32, 1, 1), "x and y axes only"),
+    ],
+)
+def test_emulation_refuses_the_launches_a_gpu_refuses(emulated, grid, block, refused):
+    with pytest.raises(RuntimeError, match=refused):
+        emulated.launch_empty_kernel(list(grid), list(block))
+
+
+def test_emulation_runs_the_launches_a_gpu_accepts(emulated):
+    for grid, block in [((1, 1, 1), (1, 1, 1)), ((3, 2, 1), (1024, 1, 1)), ((2, 1, 1), (32, 32, 1))]:
+        emulated.launch_empty_kernel(list(grid), list(block))
 
 
 @INDEX_BITS
@@ -242,8 +291,30 @@ def test_deterministic_backward_of_zero_gradient_is_zero(emulated):
     assert torch.equal(deterministic(emulated._roi_align_backward, *args), torch.zeros(1, 2, 8, 8))
 
 
+def test_deterministic_backward_rounds_every_pixel_to_one_step_set_by_the_whole_gradient(emulated):
+    # The fixed point's trade-off, pinned. Every contribution v is added as round(v * 2^S), where
+    # S = 62 - e and B = sum |grad| < 2^e: one absolute step, 2^-S, for every pixel whatever its own
+    # size. A pixel reached only by contributions far below B has a larger relative error than
+    # float atomics give (about 2^-24 of its own value in float32), and one below 2^-(S+1) is lost.
+    # Here B = 2^40 + 2^-30 < 2^41, so S = 21 and the step is 2^-21: RoI 0's contributions
+    # (2^40 / 4 samples x 1/4 bilinear weight = 2^36) are exact; RoI 1's (2^-30 / 16 = 2^-34) round to 0.
+    rois = torch.tensor([[0, 0, 0, 4, 4.0], [0, 8, 8, 12, 12]], dtype=torch.float64)
+    grad = torch.tensor([2.0**40, 2.0**-30], dtype=torch.float64).reshape(2, 1, 1, 1)
+    args = (grad, rois, 1.0, 1, 1, 1, 1, 16, 16, 2, True)
+    exact = torch.ops.minimtl._roi_align_backward(*args)[0, 0]  # (16, 16), the CPU kernel in float64
+    fixed = deterministic(emulated._roi_align_backward, *args)[0, 0]
+    atomic = emulated._roi_align_backward(*args)[0, 0]
+    large, small = (slice(0, 4), slice(0, 4)), (slice(8, 12), slice(8, 12))
+    assert (exact[large] == 2.0**36).all() and (exact[small] == 2.0**-34).all()  # one sample's tap per pixel
+    assert torch.equal(fixed[large], exact[large])  # multiples of the step: exact
+    assert (fixed[small] == 0).all()  # below half a step: lost
+    assert torch.equal(atomic, exact)  # float atomics keep it (in float64 here)
+    step = 2.0**-21
+    assert (fixed - exact).abs().max() <= step / 2  # the bound: half a step per contribution
+
+
 def test_backward_skips_rois_with_bad_batch_indices(emulated):
-    # The backward trusts the forward's check, but a bad row must still not reach memory: it adds nothing.
+    # The backward trusts the caller's check, but a bad row must still not reach memory: it adds nothing.
     rois = torch.tensor([[0, 1, 1, 4, 4.0], [5, 1, 1, 4, 4], [math.nan, 1, 1, 4, 4], [-1, 1, 1, 4, 4]])
     grad = torch.ones(4, 3, 2, 2)
     for run in (emulated._roi_align_backward, lambda *a: deterministic(emulated._roi_align_backward, *a)):

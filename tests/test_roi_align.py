@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minimtl import ops
-from minimtl.ops import reference
+from minimtl.ops import _checks, reference
 
 F64 = dict(atol=1e-12, rtol=1e-12)
 F32 = dict(atol=1e-5, rtol=1e-5)
@@ -332,6 +332,74 @@ def test_invalid_batch_index_is_a_clear_error(device, index, shown):
     message = rf"roi_align: rois\[:, 0\] must hold integer batch indices in \[0, 2\), got {shown} in row 1"
     with pytest.raises(RuntimeError, match=message):
         ops.roi_align(x, rois, 2)
+
+
+@pytest.mark.parametrize("index", [-1.0, 2.0, 0.5, math.nan, math.inf, 1e30])
+def test_python_check_says_what_the_cpu_kernel_says(index):
+    # On CUDA the batch indices are checked in Python (minimtl/ops/_checks.py), on the CPU by the
+    # kernel (csrc/checks.h): one message, whichever device.
+    x, rois = torch.randn(2, 3, 8, 8), torch.tensor([[0, 1, 1, 4, 4], [1, 1, 1, 4, 4], [index, 1, 1, 4, 4]])
+    with pytest.raises(RuntimeError) as from_python:
+        _checks.check_batch_indices("roi_align", rois, 2)
+    with pytest.raises(RuntimeError) as from_kernel:
+        ops.roi_align(x, rois, 2, check_indices=False)  # the CPU kernel checks anyway: the RoIs are on the host
+    assert str(from_python.value) == str(from_kernel.value).split("\n")[0]
+    _checks.check_batch_indices("roi_align", rois[:2], 2)  # valid: quiet
+    _checks.check_batch_indices("roi_align", rois[:0], 2)
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_cuda_bad_index_gives_zeros_when_unchecked():
+    # The CUDA kernel never reads outside the input, checked or not: a bad row gives zeros.
+    x = torch.randn(2, 3, 8, 8, device="cuda")
+    rois = torch.tensor([[0, 1, 1, 4, 4], [7, 1, 1, 4, 4], [math.nan, 1, 1, 4, 4]], device="cuda")
+    out = ops.roi_align(x, rois, 2, check_indices=False)
+    assert (out[1:] == 0).all()
+    torch.testing.assert_close(out[:1], ops.roi_align(x, rois[:1], 2))
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_cuda_forward_and_backward_never_synchronise():
+    # Boxes per image (indices valid by construction) or unchecked RoIs: no device-to-host copy and
+    # no synchronisation in the forward or the (float atomics) backward.
+    x = torch.randn(2, 8, 32, 32, device="cuda", requires_grad=True)
+    boxes = [
+        torch.tensor([[1.0, 1, 20, 20], [4, 4, 30, 12]], device="cuda"),
+        torch.tensor([[0.0, 0, 8, 8]], device="cuda"),
+    ]
+    rois = ops.boxes_to_rois(boxes)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = ops.roi_align(x, boxes, 7, 0.5, 2, True) + ops.roi_align(x, rois, 7, 0.5, 2, True, check_indices=False)
+        out.sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_cuda_graph_captures_roi_align():
+    # Illegal while a CUDA graph is captured: a synchronisation. The forward has none.
+    x = torch.randn(2, 8, 32, 32, device="cuda")
+    rois = ops.boxes_to_rois(
+        [torch.tensor([[1.0, 1, 20, 20]], device="cuda"), torch.tensor([[0.0, 0, 8, 8]], device="cuda")]
+    )
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        ops.roi_align(x, rois, 7, 0.5, 2, True)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = ops.roi_align(x, rois, 7, 0.5, 2, True)  # a Tensor[K, 5]: its check is skipped while capturing
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, ops.roi_align(x, rois, 7, 0.5, 2, True))
 
 
 def test_bad_input_clear_errors():

@@ -13,3 +13,10 @@
 
 #define MINIMTL_LAUNCH(blocks, threads, stream, ...) __VA_ARGS__<<<blocks, threads, 0, stream>>>
 #endif
+
+namespace minimtl {
+// The most static shared memory (__shared__ arrays of fixed size) one block may declare. nvcc's
+// ptxas refuses a kernel over it; a kernel file also states it with a static_assert over its
+// arrays, so that the CPU emulation, which has no such limit, refuses it too.
+constexpr size_t kMaxStaticSharedBytes = 48 * 1024;
+}  // namespace minimtl

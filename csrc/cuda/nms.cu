@@ -40,10 +40,13 @@ namespace {
 
 constexpr int kBoxesPerBlock = 64;  // one bit per box in an unsigned long long
 constexpr int kGatherThreads = 256;
+constexpr int kSpread = 8;  // rows of kept boxes loaded at once by the gather's spread (below)
 // The gather kernel's shared memory: `removed` (kMaxWords words), `diagonal` (64) and one more
 // word fill the 48 KiB a block may declare statically.
 constexpr int64_t kMaxWords = 48 * 1024 / sizeof(unsigned long long) - kBoxesPerBlock - 1;  // 6079
 constexpr int64_t kMaxBoxes = kMaxWords * kBoxesPerBlock;                                   // 389,056
+static_assert((kMaxWords + kBoxesPerBlock + 1) * sizeof(unsigned long long) <= kMaxStaticSharedBytes,
+              "nms_gather_kernel's shared arrays exceed a block's static shared memory");
 
 template <typename T>
 __global__ void nms_mask_kernel(const T* __restrict__ boxes, const int64_t* __restrict__ classes, int64_t n,
@@ -88,7 +91,7 @@ __global__ void nms_mask_kernel(const T* __restrict__ boxes, const int64_t* __re
 //      bits it walks on. That is the only sequential part, and it runs on registers and shared
 //      memory: 64 steps per group.
 //   2. spread: every thread ORs the rows of the group's kept boxes into its share of the later
-//      words. Those loads do not depend on each other, so they overlap.
+//      words, kSpread rows per round, their loads issued together.
 // Two barriers per group of 64 boxes, where a barrier per kept box (torchvision's gather) would
 // put a global-memory load and a barrier on the sequential path of every kept box.
 __global__ void nms_gather_kernel(const unsigned long long* __restrict__ mask, int64_t n, bool* __restrict__ keep) {
@@ -123,9 +126,22 @@ __global__ void nms_gather_kernel(const unsigned long long* __restrict__ mask, i
     if (t < count) keep[first + t] = (kept >> t) & 1;
     for (int64_t w = group + 1 + t; w < col_blocks; w += blockDim.x) {
       unsigned long long word = removed[w];
-      for (unsigned long long bits = kept; bits != 0; bits &= bits - 1) {  // each kept box, lowest first
-        const int64_t i = first + __ffsll(static_cast<long long>(bits)) - 1;
-        word |= mask[i * col_blocks + w];
+      // The kept boxes' rows, kSpread at a time: the kSpread loads of a round depend on `bits`
+      // alone (integer arithmetic), not on each other, so all of them are in flight together,
+      // where a plain loop would wait for each before the next.
+      for (unsigned long long bits = kept; bits != 0;) {
+        unsigned long long row[kSpread];
+#pragma unroll
+        for (int u = 0; u < kSpread; ++u) {
+          row[u] = 0;
+          if (bits != 0) {
+            const int64_t i = first + __ffsll(static_cast<long long>(bits)) - 1;  // the lowest kept box left
+            bits &= bits - 1;
+            row[u] = mask[i * col_blocks + w];
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < kSpread; ++u) word |= row[u];
       }
       removed[w] = word;
     }

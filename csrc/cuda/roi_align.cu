@@ -17,13 +17,25 @@
 // each tap is then exact to 2^-S ~ B * 2^-62, far below float32's rounding of the result. A NaN or
 // infinite contribution has no fixed-point value: the pixel records it in a flag (atomicOr) and
 // the finishing kernel applies IEEE's rules (any NaN, or +inf with -inf, gives NaN; else the inf).
+// The price of the fixed point: one absolute step, 2^-S ~ B * 2^-62, for every pixel. Float atomics
+// round each pixel relative to its own size (2^-24 of it in float32); here a pixel reached only by
+// contributions far below B carries a larger relative error, and a contribution below half a step
+// is lost (tests/test_cuda_emulation.py pins it). Float32 rounds a value x by about 2^-24 x, so
+// x fares worse here when 2^-24 x < 2^-S, i.e. x below about 2^-38 B: for n values of similar size
+// (B ~ n x_typical), some 2^38 / n times below the typical value; 4e4 times below for the
+// 6.4 million values of a box head's gradient (512 RoIs x 256 channels x 7 x 7). Computing B also
+// costs one wait for the GPU per call.
 // float16 and bfloat16 are computed in float32, and their gradient is accumulated in float32.
 //
-// Bad batch indices: every thread tests rois[k, 0] itself (valid_batch_index) and a RoI that fails
-// reads and writes nothing, so no input makes a kernel touch memory outside its tensors. The
-// forward also raises a flag that the host reads once the kernel is done, and then reports the
-// first bad row (checks.h): checking before the launch would cost a device-to-host round trip plus
-// a handful of small kernels on every call. The backward trusts the RoIs its forward checked.
+// Bad batch indices: every thread tests rois[k, 0] itself (valid_batch_index), and a RoI that
+// fails reads and writes nothing but zeros, so no input makes a kernel touch memory outside its
+// tensors. The op does not report it: naming the bad row would need the kernel's answer on the
+// host, a device-to-host copy and a stream synchronisation on every call, which stalls the CPU's
+// queueing of work and is illegal while a CUDA graph is captured. The error is raised where the
+// indices come from instead: minimtl.ops.roi_align checks a Tensor[K, 5] a caller wrote (one
+// reduction; skipped under torch.compile and graph capture), boxes per image become RoIs whose
+// indices are valid by construction (boxes_to_rois), and the CPU kernel checks on the host, where
+// the RoIs already are (chapter 13, "No synchronisation").
 // Indices: 32-bit when every index fits (integer division, which unravel needs, is several times
 // cheaper in 32 bits on a GPU), else 64-bit.
 
@@ -66,12 +78,13 @@ void with_index_type(int64_t total, int64_t input_numel, F&& f) {
 }
 
 // Which output element a thread owns: index -> (k, c, p, q), q fastest.
+template <typename index_t>
 struct OutputIndex {
-  int64_t k, c, p, q;
+  index_t k, c, p, q;
 };
 
 template <typename index_t>
-__device__ __forceinline__ OutputIndex unravel(index_t index, index_t channels, index_t ph, index_t pw) {
+__device__ __forceinline__ OutputIndex<index_t> unravel(index_t index, index_t channels, index_t ph, index_t pw) {
   const index_t q = index % pw;
   index /= pw;
   const index_t p = index % ph;
@@ -88,30 +101,29 @@ __device__ __forceinline__ bool valid_batch_index(T b, int64_t batch_size) {
 
 template <typename scalar_t, typename T, typename index_t>
 __global__ void roi_align_forward_kernel(const scalar_t* __restrict__ input, const T* __restrict__ rois, index_t total,
-                                         int64_t batch_size, index_t channels, int64_t height, int64_t width,
+                                         int64_t batch_size, index_t channels, index_t height, index_t width,
                                          index_t ph, index_t pw, T spatial_scale, int64_t sampling_ratio, bool aligned,
-                                         scalar_t* __restrict__ out, int* __restrict__ bad_index) {
+                                         scalar_t* __restrict__ out) {
   const index_t stride = static_cast<index_t>(gridDim.x * blockDim.x);
   for (index_t index = static_cast<index_t>(blockIdx.x * blockDim.x + threadIdx.x); index < total; index += stride) {
-    const OutputIndex o = unravel(index, channels, ph, pw);
+    const OutputIndex<index_t> o = unravel(index, channels, ph, pw);
     const T* roi = rois + 5 * o.k;
-    if (!valid_batch_index(roi[0], batch_size)) {
+    if (!valid_batch_index(roi[0], batch_size)) {  // memory safety: see the top of the file
       out[index] = static_cast<scalar_t>(T(0));
-      *bad_index = 1;  // every writer writes 1: no race on the value
       continue;
     }
     const RoIGeometry<T> g = roi_geometry(roi[1], roi[2], roi[3], roi[4], spatial_scale, ph, pw, sampling_ratio, aligned);
-    const scalar_t* map = input + (static_cast<int64_t>(roi[0]) * channels + o.c) * height * width;  // (H, W)
+    const scalar_t* map = input + (static_cast<index_t>(roi[0]) * channels + o.c) * height * width;  // (H, W)
 
-    int64_t y_first, y_last, x_first, x_last;
+    index_t y_first, y_last, x_first, x_last;  // < 2^30 samples per bin side (kMaxSamplesPerBinSide)
     sample_range(g.start_y, g.bin_h, o.p, g.grid_h, height, &y_first, &y_last);
     sample_range(g.start_x, g.bin_w, o.q, g.grid_w, width, &x_first, &x_last);
     T acc = 0;
-    for (int64_t iy = y_first; iy < y_last; ++iy) {
-      Neighbours<T> ty;
+    for (index_t iy = y_first; iy < y_last; ++iy) {
+      Neighbours<T, index_t> ty;
       if (!neighbours(sample_coord(g.start_y, g.bin_h, o.p, iy, g.grid_h), height, &ty)) continue;
-      for (int64_t ix = x_first; ix < x_last; ++ix) {
-        Neighbours<T> tx;
+      for (index_t ix = x_first; ix < x_last; ++ix) {
+        Neighbours<T, index_t> tx;
         if (!neighbours(sample_coord(g.start_x, g.bin_w, o.q, ix, g.grid_w), width, &tx)) continue;
         const T w1 = ty.w_low * tx.w_low, w2 = ty.w_low * tx.w_high;
         const T w3 = ty.w_high * tx.w_low, w4 = ty.w_high * tx.w_high;
@@ -150,26 +162,26 @@ struct FixedPointAdd {
 // weighted as in the forward; `add` puts each product into the gradient.
 template <typename scalar_t, typename T, typename index_t, typename Add>
 __global__ void roi_align_backward_kernel(const scalar_t* __restrict__ grad, const T* __restrict__ rois, index_t total,
-                                          int64_t batch_size, index_t channels, int64_t height, int64_t width,
+                                          int64_t batch_size, index_t channels, index_t height, index_t width,
                                           index_t ph, index_t pw, T spatial_scale, int64_t sampling_ratio, bool aligned,
                                           Add add) {
   const index_t stride = static_cast<index_t>(gridDim.x * blockDim.x);
   for (index_t index = static_cast<index_t>(blockIdx.x * blockDim.x + threadIdx.x); index < total; index += stride) {
-    const OutputIndex o = unravel(index, channels, ph, pw);
+    const OutputIndex<index_t> o = unravel(index, channels, ph, pw);
     const T* roi = rois + 5 * o.k;
-    if (!valid_batch_index(roi[0], batch_size)) continue;  // memory safety only: the forward reported it
+    if (!valid_batch_index(roi[0], batch_size)) continue;  // memory safety: see the top of the file
     const RoIGeometry<T> g = roi_geometry(roi[1], roi[2], roi[3], roi[4], spatial_scale, ph, pw, sampling_ratio, aligned);
-    const int64_t plane = (static_cast<int64_t>(roi[0]) * channels + o.c) * height * width;  // (H, W) from here
+    const index_t plane = (static_cast<index_t>(roi[0]) * channels + o.c) * height * width;  // (H, W) from here
     const T share = static_cast<T>(grad[index]) / g.count;  // what each sample received
 
-    int64_t y_first, y_last, x_first, x_last;
+    index_t y_first, y_last, x_first, x_last;
     sample_range(g.start_y, g.bin_h, o.p, g.grid_h, height, &y_first, &y_last);
     sample_range(g.start_x, g.bin_w, o.q, g.grid_w, width, &x_first, &x_last);
-    for (int64_t iy = y_first; iy < y_last; ++iy) {
-      Neighbours<T> ty;
+    for (index_t iy = y_first; iy < y_last; ++iy) {
+      Neighbours<T, index_t> ty;
       if (!neighbours(sample_coord(g.start_y, g.bin_h, o.p, iy, g.grid_h), height, &ty)) continue;
-      for (int64_t ix = x_first; ix < x_last; ++ix) {
-        Neighbours<T> tx;
+      for (index_t ix = x_first; ix < x_last; ++ix) {
+        Neighbours<T, index_t> tx;
         if (!neighbours(sample_coord(g.start_x, g.bin_w, o.q, ix, g.grid_w), width, &tx)) continue;
         add(plane + ty.low * width + tx.low, ty.w_low * tx.w_low * share);
         add(plane + ty.low * width + tx.high, ty.w_low * tx.w_high * share);
@@ -233,7 +245,8 @@ at::Tensor roi_align_backward_deterministic(const at::Tensor& grad_c, const at::
     using index_t = decltype(zero);
     MINIMTL_LAUNCH(num_blocks(grad_c.numel()), kThreads, stream, roi_align_backward_kernel<scalar_t, T, index_t>)(
         grad_c.data_ptr<scalar_t>(), rois_t.data_ptr<T>(), static_cast<index_t>(grad_c.numel()), batch_size,
-        static_cast<index_t>(channels), height, width, static_cast<index_t>(pooled_height),
+        static_cast<index_t>(channels), static_cast<index_t>(height), static_cast<index_t>(width),
+        static_cast<index_t>(pooled_height),
         static_cast<index_t>(pooled_width), static_cast<T>(spatial_scale), sampling_ratio, aligned,
         FixedPointAdd{acc_ptr, flags_ptr, scale_exp});
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -251,15 +264,10 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& roi
   const int64_t batch_size = input.size(0), num_rois = rois.size(0), channels = input.size(1);
   const int64_t height = input.size(2), width = input.size(3);
   at::Tensor out = at::empty({num_rois, channels, pooled_height, pooled_width}, input.options());  // (K, C, ph, pw)
-  if (out.numel() == 0 || height == 0 || width == 0) {  // no kernel to test the indices: test them here
-    check_batch_indices("roi_align", rois, batch_size);
-    return out.zero_();  // an empty map: every sample is off it
-  }
+  if (out.numel() == 0 || height == 0 || width == 0) return out.zero_();  // an empty map: every sample is off it
 
   const at::Tensor map = input.contiguous();  // (N, C, H, W)
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  at::Tensor bad_index = at::empty({1}, input.options().dtype(at::kInt));  // set by a RoI whose index is bad
-  C10_CUDA_CHECK(cudaMemsetAsync(bad_index.data_ptr<int>(), 0, sizeof(int), stream));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
     const at::Tensor rois_t = rois.to(c10::CppTypeToScalarType<T>::value).contiguous();
@@ -267,17 +275,14 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& roi
       using index_t = decltype(zero);
       MINIMTL_LAUNCH(num_blocks(out.numel()), kThreads, stream, roi_align_forward_kernel<scalar_t, T, index_t>)(
           map.data_ptr<scalar_t>(), rois_t.data_ptr<T>(), static_cast<index_t>(out.numel()), batch_size,
-          static_cast<index_t>(channels), height, width, static_cast<index_t>(pooled_height),
+          static_cast<index_t>(channels), static_cast<index_t>(height), static_cast<index_t>(width),
+        static_cast<index_t>(pooled_height),
           static_cast<index_t>(pooled_width), static_cast<T>(spatial_scale), sampling_ratio, aligned,
-          out.data_ptr<scalar_t>(), bad_index.data_ptr<int>());
+          out.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  int any_bad = 0;  // waits for the kernel; a caller that uses `out` waits for it anyway
-  C10_CUDA_CHECK(cudaMemcpyAsync(&any_bad, bad_index.data_ptr<int>(), sizeof(int), cudaMemcpyDeviceToHost, stream));
-  C10_CUDA_CHECK(cudaStreamSynchronize(stream));
-  if (any_bad) check_batch_indices("roi_align", rois, batch_size);  // raises, naming the first bad row
-  return out;
+  return out;  // no synchronisation: the caller's next use of `out` is queued behind the kernel
 }
 
 // Returns grad_input as a contiguous (N, C, H, W) tensor.
@@ -287,7 +292,9 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
   check_roi_align_backward_inputs("_roi_align_backward", grad, rois, pooled_height, pooled_width, batch_size, channels,
                                   height, width);
   c10::cuda::CUDAGuard guard(grad.device());
-  if (grad.numel() == 0 || height == 0 || width == 0) {
+  // Nothing to launch (a launch of zero blocks is an error on a GPU): no RoIs, or an empty map,
+  // or no images, whose gradient is empty however many (then invalid) RoIs there are.
+  if (grad.numel() == 0 || batch_size == 0 || channels == 0 || height == 0 || width == 0) {
     return at::zeros({batch_size, channels, height, width}, grad.options());
   }
 
@@ -310,7 +317,8 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
       MINIMTL_LAUNCH(num_blocks(grad_c.numel()), kThreads, c10::cuda::getCurrentCUDAStream(),
                      roi_align_backward_kernel<scalar_t, T, index_t>)(
               grad_c.data_ptr<scalar_t>(), rois_t.data_ptr<T>(), static_cast<index_t>(grad_c.numel()), batch_size,
-              static_cast<index_t>(channels), height, width, static_cast<index_t>(pooled_height),
+              static_cast<index_t>(channels), static_cast<index_t>(height), static_cast<index_t>(width),
+        static_cast<index_t>(pooled_height),
               static_cast<index_t>(pooled_width), static_cast<T>(spatial_scale), sampling_ratio, aligned,
               FloatAdd<T>{acc.data_ptr<T>()});
       C10_CUDA_KERNEL_LAUNCH_CHECK();

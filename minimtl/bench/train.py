@@ -11,6 +11,7 @@ the ratio is minimtl / torchvision (lower is better).
 """
 
 import argparse
+import json
 import statistics
 import time
 
@@ -107,6 +108,7 @@ def run(device: str = "cpu", runs: int = 7, size: int = 256) -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--runs", type=int, default=7, help="timed repetitions (medians are reported)")
+    parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -127,4 +129,7 @@ def main(args: argparse.Namespace) -> int:
         r = result[name]
         label = "training step" if name == "train_ms" else "inference"
         print(f"{label:18}{r['minimtl']:12.1f}{r['torchvision']:16.1f}{r['ratio']:12.3f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
     return 0

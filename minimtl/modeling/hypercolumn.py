@@ -88,6 +88,8 @@ class HypercolumnRoIPooler(nn.Module):
         for projection, feature, scale in zip(
             self.projections, features, level_scales(features, image_sizes), strict=True
         ):
-            level = ops.roi_align(feature, rois, self.output_size, scale, self.sampling_ratio, self.aligned)
+            level = ops.roi_align(  # indices made by boxes_to_rois: nothing to check
+                feature, rois, self.output_size, scale, self.sampling_ratio, self.aligned, check_indices=False
+            )
             pooled = pooled + projection(level)  # (K, D, ph, pw)
         return F.relu(pooled)

@@ -101,7 +101,7 @@ def project_masks_on_boxes(gt_masks: Tensor, boxes: Tensor, matched: Tensor, siz
     gt_masks (G, H, W), boxes (F, 4) in the same pixels, matched (F,) -> (F, size, size) in [0, 1].
     """
     rois = torch.cat([matched.to(boxes)[:, None], boxes], dim=1)  # (F, 5): the mask index as batch index
-    return ops.roi_align(gt_masks[:, None].to(rois), rois, (size, size), 1.0)[:, 0]
+    return ops.roi_align(gt_masks[:, None].to(rois), rois, (size, size), 1.0, check_indices=False)[:, 0]  # matched < G
 
 
 def paste_masks_in_image(masks: Tensor, boxes: Tensor, image_size: tuple[int, int], padding: int = 1) -> Tensor:

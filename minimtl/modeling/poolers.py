@@ -70,7 +70,9 @@ class MultiScaleRoIAlign(nn.Module):
         scales = level_scales(features, image_sizes)
         rois = ops.boxes_to_rois([b for b in boxes], like=features[0])  # (K, 5)
         if len(features) == 1:
-            return ops.roi_align(features[0], rois, self.output_size, scales[0], self.sampling_ratio, self.aligned)
+            return ops.roi_align(
+                features[0], rois, self.output_size, scales[0], self.sampling_ratio, self.aligned, check_indices=False
+            )  # indices made by boxes_to_rois: valid, nothing to check (no wait for the GPU)
         mapper = LevelMapper(
             round(-math.log2(scales[0])), round(-math.log2(scales[-1])), self.canonical_size, self.canonical_level
         )
@@ -81,6 +83,12 @@ class MultiScaleRoIAlign(nn.Module):
             index = torch.where(levels == level)[0]
             if len(index):
                 out[index] = ops.roi_align(
-                    feature, rois[index], self.output_size, scale, self.sampling_ratio, self.aligned
+                    feature,
+                    rois[index],
+                    self.output_size,
+                    scale,
+                    self.sampling_ratio,
+                    self.aligned,
+                    check_indices=False,
                 )
         return out

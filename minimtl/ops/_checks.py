@@ -92,8 +92,24 @@ def check_output_size(op: str, pooled_height, pooled_width) -> None:
     )
 
 
+def check_batch_indices(op: str, rois: Tensor, batch_size: int) -> None:
+    """rois[:, 0] holds integer batch indices in [0, batch_size), or an error names the first bad row.
+
+    One reduction on the RoIs' device and one wait for its answer (csrc/checks.h does the same in
+    C++ for the CPU kernel).
+    """
+    index = rois[:, 0]
+    bad = (index < 0) | (index >= batch_size) | (index != index.floor())  # NaN != NaN
+    if len(index) and bad.any():
+        k = int(bad.nonzero()[0, 0])
+        value = float(index[k])
+        raise RuntimeError(
+            f"{op}: rois[:, 0] must hold integer batch indices in [0, {batch_size}), got {value:g} in row {k}"
+        )
+
+
 def check_roi_align_inputs(op: str, input: Tensor, rois: Tensor, pooled_height, pooled_width) -> None:
-    # The batch indices (rois[:, 0]) are data: only the real kernels can check them.
+    # The batch indices (rois[:, 0]) are data: check_batch_indices, outside the fake kernel.
     torch._check(input.dim() == 4, lambda: f"{op}: input must be a Tensor[N, C, H, W], got shape {tuple(input.shape)}")
     torch._check(
         input.dtype.is_floating_point,

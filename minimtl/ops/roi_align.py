@@ -28,6 +28,8 @@ def roi_align(
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     aligned: bool = False,
+    *,
+    check_indices: bool = True,
 ) -> Tensor:
     """RoIAlign: a fixed ph x pw grid of features for each box, without rounding the box to pixels.
 
@@ -51,6 +53,8 @@ def roi_align(
         spatial_scale: from box to map coordinates, e.g. 1/8 for a map of stride 8.
         sampling_ratio: points per bin side, or <= 0 for adaptive.
         aligned: the half-pixel shift.
+        check_indices: check the batch indices of a Tensor[K, 5] on CUDA (see below). Callers that
+            made the indices themselves (the poolers, from boxes per image) pass False.
 
     Returns:
         Tensor[K, C, ph, pw] in input's dtype, contiguous. Differentiable with respect to `input`
@@ -61,7 +65,14 @@ def roi_align(
 
     Bad input, never a crash or an out-of-bounds read:
 
-    * A batch index that is negative, fractional, NaN or >= N is an error naming the row.
+    * A batch index that is negative, fractional, NaN or >= N is an error naming the row. Boxes
+      per image get their indices from `boxes_to_rois`, valid by construction: nothing to check.
+      A Tensor[K, 5] is checked by the CPU kernel on the host, where it already is; on CUDA, here,
+      by one reduction whose answer the host must wait for (a synchronisation). The CUDA kernel
+      itself never waits: a RoI with a bad index reads nothing and gives zeros, so with
+      `check_indices=False`, under torch.compile and during CUDA-graph capture (where this check
+      is skipped, being data-dependent or illegal there) a bad index gives zeros, never a read
+      outside the input.
     * A box with a NaN coordinate, or far off the map, gives 0; so does an empty map (H or W = 0).
       With aligned=True and adaptive sampling (sampling_ratio <= 0) a box of size 0 or less has
       no samples and gives 0; with a fixed sampling_ratio its samples still fall at (and, for a
@@ -77,8 +88,15 @@ def roi_align(
         raise RuntimeError(
             f"roi_align: boxes is a list of {len(boxes)} tensors (one per image), but input has {input.shape[0]} images"
         )
+    if isinstance(boxes, Tensor) and check_indices and rois.device.type != "cpu" and not _tracing_or_capturing():
+        _checks.check_batch_indices("roi_align", rois, input.shape[0])
     ph, pw = _output_size(output_size)
     return torch.ops.minimtl.roi_align(input, rois, float(spatial_scale), ph, pw, int(sampling_ratio), bool(aligned))
+
+
+def _tracing_or_capturing() -> bool:
+    """Whether a data-dependent check cannot run now: torch.compile is tracing, or a CUDA graph is captured."""
+    return torch.compiler.is_compiling() or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 
 class RoIAlign(nn.Module):

@@ -67,9 +67,15 @@ inline int __ffsll(long long x) { return __builtin_ffsll(x); }  // 1 + the index
 
 namespace minimtl_emulation {
 
+// dim3. A size outside an unsigned int, which a real dim3 would silently truncate, is refused.
+inline unsigned dim3_size(int64_t v) {
+  TORCH_CHECK(v >= 0 && v <= int64_t{0xFFFFFFFF}, "dim3: a grid or block size of ", v,
+              " does not fit an unsigned int (a real launch would truncate it)");
+  return static_cast<unsigned>(v);
+}
 struct Dim3 {
   unsigned x, y, z;
-  Dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+  Dim3(int64_t x_ = 1, int64_t y_ = 1, int64_t z_ = 1) : x(dim3_size(x_)), y(dim3_size(y_)), z(dim3_size(z_)) {}
 };
 inline thread_local Dim3 threadIdx, blockIdx;  // the running thread's coordinates
 inline Dim3 blockDim, gridDim;
@@ -414,11 +420,30 @@ struct Launch {
   }
 };
 
-inline Dim3 dims(int64_t x) { return Dim3(static_cast<unsigned>(x)); }
+inline Dim3 dims(int64_t x) { return Dim3(x); }  // a launch's grid or block given as one integer
 inline Dim3 dims(Dim3 d) { return d; }
+
+// What a GPU refuses with cudaErrorInvalidConfiguration (compute capability 9.0, and every one
+// since 3.0): an empty grid or block, more than 1024 threads a block or more than 1024 x 1024 x 64
+// along its axes, a grid beyond 2^31 - 1 x 65535 x 65535. The emulation refuses the same launches,
+// so that such a bug fails on a CPU too instead of running silently. (Static shared memory over
+// 48 KiB is refused earlier, by the compiler: ptxas for nvcc, the static_asserts of the kernel
+// files for the emulation; see launch.cuh.)
+inline void check_launch(Dim3 grid, Dim3 block, const char* name) {
+  const uint64_t threads = uint64_t{block.x} * block.y * block.z;
+  const bool ok = grid.x >= 1 && grid.y >= 1 && grid.z >= 1 && grid.x <= 0x7FFFFFFFu && grid.y <= 65535 &&
+                  grid.z <= 65535 && threads >= 1 && threads <= 1024 && block.x <= 1024 && block.y <= 1024 &&
+                  block.z <= 64;
+  TORCH_CHECK(ok, "cudaErrorInvalidConfiguration (emulated): launch of ", name, " with grid (", grid.x, ", ", grid.y,
+              ", ", grid.z, ") and block (", block.x, ", ", block.y, ", ", block.z,
+              "); a grid needs 1 to 2^31 - 1 x 65535 x 65535 blocks, a block 1 to 1024 threads");
+  TORCH_CHECK(grid.z == 1 && block.z == 1, "launch of ", name, ": the emulation runs the x and y axes only, got grid.z = ",
+              grid.z, " and block.z = ", block.z);
+}
 
 template <typename Kernel>
 Launch<Kernel> launch(Dim3 grid, Dim3 block, void* /*stream*/, Kernel kernel, const char* name) {
+  check_launch(grid, block, name);
   return {grid, block, kernel, name};
 }
 
@@ -465,10 +490,16 @@ inline int atomicOr(int* address, int value) {
 using cudaStream_t = void*;
 enum cudaMemcpyKind { cudaMemcpyDeviceToHost };
 inline int cudaMemsetAsync(void* p, int value, size_t n, cudaStream_t) { return std::memset(p, value, n), 0; }
+// Each copy to the host and each stream synchronisation is counted (host_waits): on a GPU each
+// makes the CPU wait for the kernels queued before it, so a test can assert that an op has none.
+namespace minimtl_emulation {
+inline int64_t host_waits = 0;
+}
 inline int cudaMemcpyAsync(void* to, const void* from, size_t n, cudaMemcpyKind, cudaStream_t) {
+  ++minimtl_emulation::host_waits;
   return std::memcpy(to, from, n), 0;
 }
-inline int cudaStreamSynchronize(cudaStream_t) { return 0; }
+inline int cudaStreamSynchronize(cudaStream_t) { return ++minimtl_emulation::host_waits, 0; }
 #define C10_CUDA_CHECK(call) TORCH_CHECK((call) == 0, #call " failed")
 #define C10_CUDA_KERNEL_LAUNCH_CHECK()
 

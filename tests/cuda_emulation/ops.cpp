@@ -19,6 +19,16 @@ namespace {
 
 void set_int32_index_limit(int64_t limit) { minimtl_emulation::int32_index_limit = limit; }
 
+// How many times the host code has waited for the GPU (copies to the host, stream synchronisations).
+int64_t host_waits() { return minimtl_emulation::host_waits; }
+
+// A kernel that does nothing, launched with the given grid and block: the launch checks of cuda_on_cpu.h.
+__global__ void empty_kernel() {}
+void launch_empty_kernel(std::vector<int64_t> grid, std::vector<int64_t> block) {
+  TORCH_CHECK(grid.size() == 3 && block.size() == 3, "launch_empty_kernel: grid and block must have 3 sizes each");
+  MINIMTL_LAUNCH(dim3(grid[0], grid[1], grid[2]), dim3(block[0], block[1], block[2]), nullptr, empty_kernel)();
+}
+
 // The trace (cuda_on_cpu.h): from trace_start to trace_stop, every launch is recorded.
 void trace_start(std::vector<std::string> kernels, std::vector<int64_t> arguments,
                  std::vector<int64_t> numels) {
@@ -87,6 +97,9 @@ TORCH_LIBRARY(minimtl_emulated, m) {
       "int batch_size, int channels, int height, int width, int sampling_ratio, bool aligned) -> Tensor");
   // Indices up to `limit` use the 32-bit kernels; 0 sends everything down the 64-bit path.
   m.def("set_int32_index_limit(int limit) -> ()", &set_int32_index_limit);
+  // Copies to the host and stream synchronisations so far (cuda_on_cpu.h).
+  m.def("host_waits() -> int", &host_waits);
+  m.def("launch_empty_kernel(int[] grid, int[] block) -> ()", &launch_empty_kernel);
   // The trace and the thread order of cuda_on_cpu.h (off by default).
   m.def("trace_start(str[] kernels, int[] arguments, int[] numels) -> ()", &trace_start);
   m.def("trace_stop() -> (str, Tensor, Tensor, Tensor, Tensor, Tensor)", &trace_stop);
