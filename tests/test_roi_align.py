@@ -346,6 +346,9 @@ def test_python_check_says_what_the_cpu_kernel_says(index):
     assert str(from_python.value) == str(from_kernel.value).split("\n")[0]
     _checks.check_batch_indices("roi_align", rois[:2], 2)  # valid: quiet
     _checks.check_batch_indices("roi_align", rois[:0], 2)
+    # Tensors without data (meta, as torch.compile's shape passes use) have no indices to check.
+    meta = ops.roi_align(x.to("meta"), rois.to("meta"), 2)
+    assert meta.shape == (3, 3, 2, 2) and meta.device.type == "meta"
 
 
 @requires_cuda

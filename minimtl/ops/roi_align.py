@@ -88,7 +88,7 @@ def roi_align(
         raise RuntimeError(
             f"roi_align: boxes is a list of {len(boxes)} tensors (one per image), but input has {input.shape[0]} images"
         )
-    if isinstance(boxes, Tensor) and check_indices and rois.device.type != "cpu" and not _tracing_or_capturing():
+    if isinstance(boxes, Tensor) and check_indices and rois.is_cuda and not _tracing_or_capturing():
         _checks.check_batch_indices("roi_align", rois, input.shape[0])
     ph, pw = _output_size(output_size)
     return torch.ops.minimtl.roi_align(input, rois, float(spatial_scale), ph, pw, int(sampling_ratio), bool(aligned))
