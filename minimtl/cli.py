@@ -224,19 +224,24 @@ def cmd_data_fetch(args) -> int:
 
 
 def table(results: dict) -> str:
-    """COCO's main numbers per task, then AP per class; semantic mIoU on a line of its own."""
+    """COCO's main numbers per task, then AP per class; semantic mIoU and image mAP on lines of their own."""
     names = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"]
+    detection = {kind: stats for kind, stats in results.items() if kind not in ("semantic", "image")}
     lines = [f"{'':6}" + "".join(f"{n:>8}" for n in names)]
-    for kind, stats in results.items():
-        if kind != "semantic":
-            lines.append(f"{kind:6}" + "".join(f"{stats[n]:8.3f}" for n in names))
-    for kind, stats in results.items():
-        if kind != "semantic" and stats.get("per_class"):
+    for kind, stats in detection.items():
+        lines.append(f"{kind:6}" + "".join(f"{stats[n]:8.3f}" for n in names))
+    for kind, stats in detection.items():
+        if stats.get("per_class"):
             per_class = ", ".join(f"{name} {ap['AP']:.3f}" for name, ap in stats["per_class"].items())
             lines.append(f"{kind} AP per class: {per_class}")
     if "semantic" in results:
         stats = results["semantic"]
         lines.append(f"semantic mIoU {stats['mIoU']:.3f}, pixel accuracy {stats['pixel_accuracy']:.3f}")
+    if "image" in results:
+        stats = results["image"]
+        absent = f" ({stats['num_absent']} classes in no test image, left out)" if stats["num_absent"] else ""
+        per_class = ", ".join(f"{name} {ap:.3f}" for name, ap in stats["per_class"].items())
+        lines.append(f"image mAP {stats['mAP']:.3f}, exact match {stats['exact_match']:.3f}{absent}; AP: {per_class}")
     return "\n".join(lines)
 
 

@@ -54,7 +54,7 @@ def test_rpn_giou_loss_and_bad_option():
     targets = [{"boxes": torch.tensor([[10.0, 20, 60, 90]]), "labels": torch.tensor([1])}] * 2
     _, losses = rpn((128, 192), [(128, 192)] * 2, features(torch.Generator().manual_seed(1)), targets)
     assert losses["loss_rpn_box_reg"].isfinite() and losses["loss_rpn_box_reg"] > 0
-    with pytest.raises(ValueError, match="box_loss must be 'smooth_l1' or 'giou', got 'l2'"):
+    with pytest.raises(ValueError, match="box_loss must be 'smooth_l1', 'giou', 'diou' or 'ciou', got 'l2'"):
         small_rpn(box_loss="l2")
 
 

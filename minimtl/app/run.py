@@ -19,12 +19,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
 from minimtl.app.config import MODEL_KINDS, DataSection, ModelSection, RunConfig
 from minimtl.data import CocoDataset, ShapesDataset, default_train_transforms
+from minimtl.data.loader import collate
 from minimtl.engine import Trainer, load_checkpoint, pick_device
 from minimtl.engine.distributed import process_group
 from minimtl.engine.inference import evaluate_dataset
+from minimtl.evaluation import multilabel_metrics
+from minimtl.modeling.image_head import image_targets
 from minimtl.models import RCNN, MultiTaskConfig, MultiTaskRCNN, RCNNConfig
 
 SHAPES_TEST_SEED = 1_000_003  # the held-out shapes: another seed than any training seed
@@ -237,8 +241,8 @@ def _train(run: RunConfig, prepared: Prepared | None, device, rank: int, world: 
 
 
 def evaluate(model, dataset, device, out: Path | None = None, classes=None, batch_size: int = 8) -> dict:
-    """{"box": COCO's 12 numbers + "per_class" AP, "mask": ..., "semantic": mIoU...} on `dataset`;
-    with `out`, the pictures too (predictions.png, pr_box.png, pr_mask.png)."""
+    """{"box": COCO's 12 numbers + "per_class" AP, "mask": ..., "semantic": mIoU..., "image": mAP, exact
+    match...} on `dataset`; with `out`, the pictures too (predictions.png, pr_box.png, pr_mask.png)."""
     model_config = model.config
     detection = getattr(model_config, "detection", True)
     masks = model_config.masks and getattr(dataset, "masks", True)  # a box-only test file: boxes only
@@ -255,6 +259,8 @@ def evaluate(model, dataset, device, out: Path | None = None, classes=None, batc
         report[names[iou_type]] = stats
     if "semantic" in results:
         report["semantic"] = results["semantic"]
+    if getattr(model, "image_head", None) is not None:
+        report["image"] = image_metrics(model, dataset, device, classes, batch_size)
     if out is not None and detection and kept:
         from minimtl import plots
 
@@ -268,14 +274,30 @@ def evaluate(model, dataset, device, out: Path | None = None, classes=None, batc
     return report
 
 
+def image_metrics(model, dataset, device, classes=None, batch_size: int = 8) -> dict:
+    """The image head's scores against each image's classes: multilabel_metrics' "mAP", "exact_match",
+    "num_absent", "num_images", and "per_class" AP by name. A pass of its own through the backbone, FPN
+    and image head (model.classify): evaluate_dataset does not collect "image_scores"."""
+    empty = torch.zeros(0, model.config.num_classes - 1)  # (0, C-1): an empty test set
+    scores, present = [empty], [empty]
+    for images, targets in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
+        scores.append(model.classify([image.to(device) for image in images]).cpu())  # (B, C-1)
+        present.append(image_targets(targets, model.config.num_classes).cpu())  # (B, C-1)
+    stats = multilabel_metrics(torch.cat(scores), torch.cat(present))
+    stats["per_class"] = {_name(classes, label): ap for label, ap in enumerate(stats.pop("AP"), start=1)}
+    return stats
+
+
 def _name(classes, label: int) -> str:
     return classes[label] if classes is not None and 0 <= label < len(classes) else str(label)
 
 
 def flat_metrics(results: dict) -> dict[str, float]:
-    """{"box.AP": ..., "mask.AP": ..., "semantic.mIoU": ...}: the numbers validation logs."""
+    """{"box.AP": ..., "mask.AP": ..., "semantic.mIoU": ..., "image.mAP": ...}: the numbers validation logs."""
     out = {}
-    for task, names in (("box", ("AP", "AP50")), ("mask", ("AP", "AP50")), ("semantic", ("mIoU",))):
+    tasks = (("box", ("AP", "AP50")), ("mask", ("AP", "AP50")), ("semantic", ("mIoU",)),
+             ("image", ("mAP", "exact_match")))  # fmt: skip
+    for task, names in tasks:
         for name in names:
             if task in results:
                 out[f"{task}.{name}"] = results[task][name]

@@ -1,7 +1,8 @@
 """Evaluation, written from scratch: COCO box and mask AP/AR (equal to pycocotools'), streamed one
 image at a time by CocoEvaluator; error analysis (TIDE's error types and their AP cost, a confusion
-matrix of detections); semantic mIoU."""
+matrix of detections); semantic mIoU; multi-label image classification mAP and exact match."""
 
+from minimtl.evaluation.classification import average_precision, multilabel_metrics
 from minimtl.evaluation.coco import (
     IOU_THRESHOLDS,
     RECALL_THRESHOLDS,
@@ -35,6 +36,8 @@ __all__ = [
     "RECALL_THRESHOLDS",
     "confusion_matrix",
     "mean_iou",
+    "average_precision",
+    "multilabel_metrics",
     "analyze_errors",
     "ap_at",
     "classify_image",

@@ -16,6 +16,7 @@ import json
 import math
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ from minimtl.app import run as app
 from minimtl.app.config import DataSection, ModelSection, RunConfig
 from minimtl.app.presets import SMALL_MODEL, SMALL_TRAIN
 from minimtl.engine import TrainConfig
+from minimtl.experiments import stats
 
 # (name, heads and weighting): the rows of the table.
 ROWS = [
@@ -125,13 +127,76 @@ def table_markdown(table: dict) -> str:
 
 
 BASELINES = {"box_AP": "detection only", "mask_AP": "Mask R-CNN (detection + instance)", "mIoU": "semantic only"}
+CONFIDENCE = 0.95  # of the intervals of the paired differences
+_LEVEL = f"{CONFIDENCE:.0%}".replace("%", " %")  # "95 %"
+TARGET = 0.02  # the difference (of AP or mIoU) "What this experiment can resolve" asks seeds for
 
 
-def differences(table: dict, results: dict) -> list[tuple[str, str, float, float, str]]:
-    """(joint row, metric, difference, standard error, verdict) for each joint row and metric.
+@dataclass(frozen=True)
+class Comparison:
+    """A joint row against its single-task baseline on one metric, paired over the seeds both ran."""
 
-    A difference is called real only when it exceeds twice its standard error (the two rows' seed
-    standard deviations combined); with three seeds that is a coarse test.
+    row: str
+    metric: str
+    baseline: str
+    seeds: tuple
+    paired: stats.PairedDifference  # of row - baseline, seed by seed
+
+    @property
+    def verdict(self) -> str:
+        """'better' or 'worse' when the interval excludes 0 (every metric here is higher-is-better), else
+        'cannot tell'."""
+        if not self.paired.excludes_zero:
+            return "cannot tell"
+        return "better" if self.paired.mean > 0 else "worse"
+
+
+def _by_seed(name: str, runs: list[dict]) -> dict:
+    """{seed: result} of one row, from each result's settings["seed"]."""
+    by_seed = {}
+    for result in runs:
+        seed = result.get("settings", {}).get("seed")
+        if seed is None:
+            raise ValueError(f"{name!r}: a result without settings['seed'], so it cannot be paired with another row")
+        if seed in by_seed:
+            raise ValueError(f"{name!r}: seed {seed} appears twice")
+        by_seed[seed] = result
+    return by_seed
+
+
+def differences(results: dict, confidence: float = CONFIDENCE) -> list[Comparison]:
+    """Each joint row against the single-task baseline of each metric (BASELINES), paired by seed.
+
+    Seed s of every row uses the same data order and initialisation seed, so the rows are compared seed by
+    seed: d_s = joint_s - baseline_s, and the mean d̄ with its interval d̄ ± t_{(1+c)/2, n-1} s_d / √n
+    (minimtl.experiments.stats.paired_difference). The two rows must have run the same seeds.
+    """
+    out = []
+    for name, runs in results.items():
+        if not name.startswith("joint"):
+            continue
+        for metric, base in BASELINES.items():
+            if base not in results or not runs or metric not in runs[0]:
+                continue
+            mine, theirs = _by_seed(name, runs), _by_seed(base, results[base])
+            if set(mine) != set(theirs):
+                raise ValueError(
+                    f"cannot pair {name!r} (seeds {sorted(mine)}) with {base!r} (seeds {sorted(theirs)}) on {metric}: "
+                    "run both rows with the same seeds"
+                )
+            seeds = tuple(sorted(mine))
+            a = [mine[s][metric] for s in seeds]
+            b = [theirs[s][metric] for s in seeds]
+            out.append(Comparison(name, metric, base, seeds, stats.paired_difference(a, b, confidence)))
+    return out
+
+
+def unpaired_differences(table: dict, results: dict) -> list[tuple[str, str, float, float, str]]:
+    """The earlier, unpaired rule: (joint row, metric, difference, standard error, verdict) per joint row and metric.
+
+    A difference of the means is called real only when it exceeds twice its standard error, the two rows'
+    seed standard deviations combined: sqrt(s_1² / n_1 + s_0² / n_0). It ignores that the rows share their
+    seeds, so what the seed does to both rows counts as noise twice; differences() pairs the seeds instead.
     """
     out = []
     for name in table:
@@ -150,53 +215,101 @@ def differences(table: dict, results: dict) -> list[tuple[str, str, float, float
     return out
 
 
-def verdict(table: dict, results: dict) -> str:
+def verdict(comparisons: list[Comparison]) -> str:
     """The answer in a paragraph: did joint training help, on which metric, by how much."""
-    rows = differences(table, results)
-    if not rows:
+    if not comparisons:
         return "No joint row and baseline to compare."
     lines = []
     for metric, base in BASELINES.items():
-        mine = [r for r in rows if r[1] == metric]
+        mine = [c for c in comparisons if c.metric == metric]
         if not mine:
             continue
-        better = sum(r[4] == "better" for r in mine)
-        worse = sum(r[4] == "worse" for r in mine)
-        lo, hi = min(r[2] for r in mine), max(r[2] for r in mine)
+        better = sum(c.verdict == "better" for c in mine)
+        worse = sum(c.verdict == "worse" for c in mine)
+        lo, hi = min(c.paired.mean for c in mine), max(c.paired.mean for c in mine)
         lines.append(
-            f"{metric} against {base}: joint rows differ by {lo:+.3f} to {hi:+.3f}; clearly better in {better}, "
-            f"clearly worse in {worse} of {len(mine)}."
+            f"{metric} against {base}: joint rows differ by {lo:+.3f} to {hi:+.3f} (paired means); better in "
+            f"{better}, worse in {worse}, cannot tell in {len(mine) - better - worse} of {len(mine)}."
         )
-    better = sum(r[4] == "better" for r in rows)
-    worse = sum(r[4] == "worse" for r in rows)
+    better = sum(c.verdict == "better" for c in comparisons)
+    worse = sum(c.verdict == "worse" for c in comparisons)
+    total = len(comparisons)
     if better and not worse:
-        overall = f"Joint training helped here: {better} of {len(rows)} comparisons are clearly better, none worse."
+        overall = f"Joint training helped here: in {better} of {total} comparisons the {_LEVEL} interval is above 0, "
+        overall += "in none below."
     elif worse and not better:
-        overall = f"Joint training hurt here: {worse} of {len(rows)} comparisons are clearly worse, none better."
+        overall = f"Joint training hurt here: in {worse} of {total} comparisons the {_LEVEL} interval is below 0, "
+        overall += "in none above."
     elif better or worse:
-        overall = f"Mixed: {better} of {len(rows)} comparisons clearly better, {worse} clearly worse."
+        overall = (
+            f"Mixed: {better} of {total} comparisons better, {worse} worse ({_LEVEL} intervals of the paired means)."
+        )
     else:
         overall = (
-            f"Neither confirmed nor refuted at this budget: none of the {len(rows)} comparisons differs by more "
-            "than twice its standard error."
+            f"Neither confirmed nor refuted at this budget: none of the {total} comparisons has a {_LEVEL} interval "
+            "that excludes 0."
         )
     return " ".join([overall, *lines])
 
 
-def compare(table: dict, results: dict) -> list[str]:
-    """Plain statements: each joint row against the single-task baselines, with the seeds' spread."""
+def compare(table: dict, comparisons: list[Comparison]) -> list[str]:
+    """Plain statements: each joint row against its single-task baseline, paired over the seeds."""
     statements = []
-    for name, metric, diff, stderr, verdict_ in differences(table, results):
-        m1, m0 = table[name][metric][0], table[BASELINES[metric]][metric][0]
+    for c in comparisons:
+        m1, m0 = table[c.row][c.metric][0], table[c.baseline][c.metric][0]
+        p = c.paired
+        if p.std is None:
+            spread = p.note
+        else:
+            spread = f"s_d {p.std:.3f}, {_LEVEL} interval {p.low:+.3f} to {p.high:+.3f}"
         statements.append(
-            f"- {name} vs {BASELINES[metric]}, {metric}: {m1:.3f} vs {m0:.3f} ({diff:+.3f}, "
-            f"standard error {stderr:.3f}): {verdict_}."
+            f"- {c.row} vs {c.baseline}, {c.metric}: {m1:.3f} vs {m0:.3f}, paired difference {p.mean:+.3f} "
+            f"({spread}): {c.verdict}."
         )
     return statements
 
 
+def resolvable(comparisons: list[Comparison], target: float = TARGET) -> list[str]:
+    """What the experiment can resolve, per metric: the largest s_d among its comparisons, the half-width
+    t_{(1+c)/2, n-1} s_d / √n it gives at the n seeds run (stats.resolvable_difference), and the seeds that
+    would bring the half-width down to `target` (stats.seeds_needed)."""
+    lines = [
+        f"| metric | seeds | largest s_d (comparison) | resolvable difference | seeds needed for {target} |",
+        "|---|---|---|---|---|",
+    ]
+    for metric in BASELINES:
+        mine = [c for c in comparisons if c.metric == metric]
+        if not mine:
+            continue
+        n = min(c.paired.n for c in mine)
+        if n < 2:
+            lines.append(f"| {metric} | {n} | – (one seed: no spread) | – | – (at least 2 seeds to measure s_d) |")
+            continue
+        worst = max(mine, key=lambda c: c.paired.std)
+        s_d = worst.paired.std
+        needed = stats.seeds_needed(s_d, target, CONFIDENCE)
+        lines.append(
+            f"| {metric} | {n} | {s_d:.3f} ({worst.row}) | {stats.resolvable_difference(s_d, n, CONFIDENCE):.3f} | "
+            f"{needed if needed is not None else 'more than 1000'} |"
+        )
+    if len(lines) == 2:
+        return ["No joint row and baseline to compare."]
+    return [
+        f"The half-width t_{{{(1 + CONFIDENCE) / 2:g}, n-1}} s_d / √n of the {_LEVEL} interval is the smallest "
+        "paired mean difference the experiment resolves: a larger one has an interval without 0. Below, per "
+        f"metric, at the largest s_d among its comparisons, with the seeds that would bring it down to {target}. "
+        f"s_d measured on a few seeds is itself uncertain, and a true difference of exactly {target} gives a "
+        "resolved mean only about half of the time: the counts are the least that could do.",
+        "",
+        *lines,
+    ]
+
+
 def write_report(results: dict, path: Path, seeds, steps: int, num_test: int, conclusion: str = "") -> str:
+    """Write the report (the table, the settings, the paired comparisons, what the seeds resolve) to path;
+    returns its text. Raises ValueError, before writing, when a joint row and its baseline ran different seeds."""
     table = summary(results)
+    comparisons = differences(results)
     text = [
         "# Joint versus separate training (`python -m minimtl experiment mtl`)",
         "",
@@ -220,15 +333,24 @@ def write_report(results: dict, path: Path, seeds, steps: int, num_test: int, co
         "circle, square and triangle (`minimtl.evaluation.mean_iou`).",
         "- Time per run: the wall-clock training time (evaluation excluded); anything else running on the "
         "machine at the same time inflates it.",
-        "- A difference is called clear when it exceeds twice its standard error (the two rows' standard "
-        'deviations over seeds combined); with three seeds that is a coarse test: "no clear difference" means the '
-        "experiment cannot tell, not that the rows are equal.",
+        "- Seed s of every row uses the same data order and initialisation seed, so each joint row is compared with "
+        "its single-task baseline seed by seed: d_s = joint_s − baseline_s, their mean d̄ and standard deviation "
+        f"s_d over the n seeds, and the {_LEVEL} interval d̄ ± t s_d / √n, with t Student's "
+        f"{(1 + CONFIDENCE) / 2:g}-quantile for n − 1 degrees of freedom (`minimtl.experiments.stats`). "
+        '"better" or "worse" when the interval excludes 0; "cannot tell" means the experiment cannot tell, not '
+        f"that the rows are equal. Rows that do not differ still give an interval without 0 one time in "
+        f"{1 / (1 - CONFIDENCE):.0f}: about {len(comparisons) * (1 - CONFIDENCE):.1f} of the {len(comparisons)} "
+        "comparisons here by chance alone.",
         "",
         "## Joint against separate",
         "",
-        verdict(table, results),
+        verdict(comparisons),
         "",
-        *compare(table, results),
+        *compare(table, comparisons),
+        "",
+        "## What this experiment can resolve",
+        "",
+        *resolvable(comparisons),
     ]
     if conclusion:
         text += ["", "## Conclusion", "", conclusion]
@@ -238,4 +360,13 @@ def write_report(results: dict, path: Path, seeds, steps: int, num_test: int, co
     return "\n".join(text)
 
 
-__all__ = ["ROWS", "run", "summary", "table_markdown", "write_report"]
+__all__ = [
+    "ROWS",
+    "Comparison",
+    "differences",
+    "run",
+    "summary",
+    "table_markdown",
+    "unpaired_differences",
+    "write_report",
+]

@@ -14,6 +14,24 @@ ground-truth box) at IoU >= 0.5, else background; 512 are sampled per image, 25 
 Inference: softmax scores; every (proposal, class != 0) pair is a candidate box; keep those with
 score > 0.05 and a side >= 0.01 px, NMS at 0.5 within each class, the 100 best per image.
 
+This is the published head: Mask R-CNN's L_cls and L_box are Fast R-CNN's cross-entropy and smooth L1
+(He et al., ICCV 2017, section 3; Fast R-CNN section 2.3). Focal and the IoU family are options, each
+replacing one term only:
+
+  classifier_loss "focal" (Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017: section 3,
+  eq. 5; section 4, the one-sigmoid-per-class subnet; section 4.1), one-vs-all over the foreground:
+      y = one-hot of the label over classes 1..C-1 (all zeros for background), p = sigmoid(logits[:, 1:])
+      L_cls = sum of FL(p_t) over the sampled RoIs and classes 1..C-1  /  max(1, foreground RoIs)
+      FL(p_t) = -α_t (1 - p_t)^γ log(p_t)        (focal.py; focal_alpha 0.25, focal_gamma 2)
+  The predictor keeps C outputs (checkpoints keep their shapes); logit 0 (background) is unused.
+  The foreground biases start at -log((1 - π) / π), π = focal_prior = 0.01 (section 4.1,
+  "Initialization"): every RoI starts at probability π for every class. Inference scores with
+  sigmoid(logits[:, 1:]) instead of the softmax: each class's score is its own, they need not sum to 1.
+
+  box_loss "giou" | "diou" | "ciou" (minimtl/losses/box.py: Rezatofighi et al., CVPR 2019; Zheng et al.,
+  AAAI 2020): 1 - GIoU / DIoU / CIoU of the true class's decoded box against the matched ground-truth
+  box, summed over foreground / sampled count, as smooth L1.
+
 Shapes: N images, P proposals per image (K over the batch), C classes including background.
 """
 
@@ -22,12 +40,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from minimtl import ops
-from minimtl.losses import giou_loss
+from minimtl.losses import sigmoid_focal_loss
 from minimtl.modeling.box_coder import BoxCoder
 from minimtl.modeling.mask_head import MaskHead
 from minimtl.modeling.matcher import Matcher
 from minimtl.modeling.poolers import MultiScaleRoIAlign
 from minimtl.modeling.precision import full_precision
+from minimtl.modeling.rpn import BOX_LOSSES, IOU_LOSSES, prior_bias, quoted_options
 from minimtl.modeling.sampler import BalancedPositiveNegativeSampler
 
 
@@ -71,16 +90,29 @@ class RoIHeads(nn.Module):
         detections_per_img: int = 100,
         box_loss: str = "smooth_l1",
         mask_head: MaskHead | None = None,
+        classifier_loss: str = "ce",
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        focal_prior: float = 0.01,
     ):
         super().__init__()
-        if box_loss not in ("smooth_l1", "giou"):
-            raise ValueError(f"roi_heads: box_loss must be 'smooth_l1' or 'giou', got {box_loss!r}")
+        if box_loss not in BOX_LOSSES:
+            raise ValueError(f"roi_heads: box_loss must be {quoted_options(BOX_LOSSES)}, got {box_loss!r}")
+        if classifier_loss not in ("ce", "focal"):
+            raise ValueError(f"roi_heads: classifier_loss must be 'ce' or 'focal', got {classifier_loss!r}")
+        if not 0 < focal_prior < 1:
+            raise ValueError(f"roi_heads: focal_prior must be in (0, 1), got {focal_prior}")
         self.box_pooler, self.box_head, self.box_predictor = box_pooler, box_head, box_predictor
         self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
         self.sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
         self.box_coder = BoxCoder(bbox_reg_weights)
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
         self.box_loss = box_loss
+        self.classifier_loss, self.focal_alpha, self.focal_gamma = classifier_loss, focal_alpha, focal_gamma
+        if classifier_loss == "focal":  # every RoI starts at probability focal_prior per class; weights as before
+            if not isinstance(getattr(box_predictor, "cls_score", None), nn.Linear):
+                raise ValueError("roi_heads: classifier_loss 'focal' initialises box_predictor.cls_score, an nn.Linear")
+            nn.init.constant_(box_predictor.cls_score.bias[1:], prior_bias(focal_prior))  # [0]: background, unused
         self.mask_head = mask_head
 
     def forward(
@@ -128,8 +160,8 @@ class RoIHeads(nn.Module):
 
     def losses(self, class_logits, deltas, proposals, matched, labels, targets) -> dict[str, Tensor]:
         labels_all = torch.cat(labels)  # (K,)
-        classification_loss = F.cross_entropy(class_logits, labels_all)
         pos = torch.where(labels_all > 0)[0]
+        classification_loss = self.classification_loss(class_logits, labels_all, len(pos))
         pos_deltas = deltas.reshape(len(labels_all), -1, 4)[pos, labels_all[pos]]  # (F, 4), the true class's
         gt = torch.cat(
             [
@@ -138,18 +170,28 @@ class RoIHeads(nn.Module):
             ]
         )
         references = torch.cat(proposals)
-        if self.box_loss == "giou":
-            box_loss = giou_loss(self.box_coder.decode(pos_deltas, references[pos]), gt[pos], reduction="sum")
+        if self.box_loss in IOU_LOSSES:
+            predicted = self.box_coder.decode(pos_deltas, references[pos])  # (F, 4)
+            box_loss = IOU_LOSSES[self.box_loss](predicted, gt[pos], reduction="sum")
         else:
             target_deltas = self.box_coder.encode(gt[pos], references[pos])
             box_loss = F.smooth_l1_loss(pos_deltas, target_deltas, beta=1 / 9, reduction="sum")
         return {"loss_classifier": classification_loss, "loss_box_reg": box_loss / max(labels_all.numel(), 1)}
 
+    def classification_loss(self, class_logits: Tensor, labels: Tensor, num_foreground: int) -> Tensor:
+        """Cross-entropy (mean over the sampled RoIs), or the one-vs-all focal loss / max(1, foreground)."""
+        if self.classifier_loss == "ce":
+            return F.cross_entropy(class_logits, labels)
+        one_hot = F.one_hot(labels, class_logits.shape[-1])[:, 1:].to(class_logits.dtype)  # (K, C-1); background 0s
+        loss = sigmoid_focal_loss(class_logits[:, 1:], one_hot, self.focal_alpha, self.focal_gamma, reduction="sum")
+        return loss / max(num_foreground, 1)
+
     def detect(self, class_logits, deltas, proposals, image_sizes) -> list[dict[str, Tensor]]:
         """Per image: the detections' boxes (D, 4), scores (D,) and labels (D,)."""
         num_classes = class_logits.shape[-1]
         boxes_all = self.box_coder.decode(deltas, torch.cat(proposals)).reshape(len(deltas), -1, 4)  # (K, C, 4)
-        scores_all = F.softmax(class_logits, -1)  # (K, C)
+        # (K, C); with focal each class is its own sigmoid (column 0, unused, is dropped below with the background)
+        scores_all = torch.sigmoid(class_logits) if self.classifier_loss == "focal" else F.softmax(class_logits, -1)
         out = []
         counts = [len(p) for p in proposals]
         for boxes, scores, size in zip(boxes_all.split(counts), scores_all.split(counts), image_sizes, strict=True):

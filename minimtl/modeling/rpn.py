@@ -12,23 +12,54 @@ each box) are positive, < 0.3 negative; 256 are sampled per image, half positive
 
     L = BCE(objectness, label) over sampled anchors
       + smooth_l1(deltas, target deltas; beta = 1/9) over the positives / sampled count
-        (or a GIoU loss on the decoded boxes)
+
+This is the published loss: Mask R-CNN keeps this RPN with cross-entropy and smooth L1 (He et al.,
+ICCV 2017, section 3). Focal and the IoU family are options, each replacing one term only:
+
+  objectness_loss "focal" (Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017: section 3,
+  eq. 5; normalisation and initialisation, section 4.1), RetinaNet's design without sampling:
+      L_obj = sum of FL(p_t) over every anchor with label >= 0  /  max(1, number of positive anchors)
+      FL(p_t) = -α_t (1 - p_t)^γ log(p_t)        (focal.py; focal_alpha 0.25, focal_gamma 2; γ = 0, α < 0: BCE)
+  and the objectness bias starts at -log((1 - π) / π), π = focal_prior = 0.01: every anchor starts at
+  probability π, so that the ~100k easy negatives do not swamp the first steps. The box term keeps
+  the sampled anchors.
+
+  box_loss "giou" | "diou" | "ciou" (box.py: Rezatofighi et al., CVPR 2019; Zheng et al., AAAI 2020):
+      1 - GIoU / DIoU / CIoU of the decoded boxes against their matched ground-truth boxes,
+      summed over the positives / sampled count, as smooth L1.
 
 Shapes: N images, A anchors per cell, level l of Hl x Wl cells; R = sum_l Hl*Wl*A anchors per image;
 G ground-truth boxes; proposals per image (P, 4).
 """
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from minimtl import ops
-from minimtl.losses import giou_loss
+from minimtl.losses import ciou_loss, diou_loss, giou_loss, sigmoid_focal_loss
 from minimtl.modeling.anchors import AnchorGenerator
 from minimtl.modeling.box_coder import BoxCoder
 from minimtl.modeling.matcher import Matcher
 from minimtl.modeling.precision import full_precision_dtype
 from minimtl.modeling.sampler import BalancedPositiveNegativeSampler
+
+# The IoU-family box losses, on decoded boxes (minimtl/losses/box.py); "smooth_l1" works on the deltas.
+IOU_LOSSES = {"giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}
+BOX_LOSSES = ("smooth_l1", *IOU_LOSSES)
+
+
+def prior_bias(prior: float) -> float:
+    """The bias b with sigmoid(b) = prior: -log((1 - prior) / prior) (RetinaNet section 4.1)."""
+    return -math.log((1 - prior) / prior)
+
+
+def quoted_options(options) -> str:
+    """('a', 'b', 'c') -> "'a', 'b' or 'c'", for error messages."""
+    quoted = [repr(o) for o in options]
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1]
 
 
 class RPNHead(nn.Module):
@@ -73,10 +104,18 @@ class RegionProposalNetwork(nn.Module):
         nms_thresh: float = 0.7,
         score_thresh: float = 0.0,
         box_loss: str = "smooth_l1",
+        objectness_loss: str = "bce",
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        focal_prior: float = 0.01,
     ):
         super().__init__()
-        if box_loss not in ("smooth_l1", "giou"):
-            raise ValueError(f"rpn: box_loss must be 'smooth_l1' or 'giou', got {box_loss!r}")
+        if box_loss not in BOX_LOSSES:
+            raise ValueError(f"rpn: box_loss must be {quoted_options(BOX_LOSSES)}, got {box_loss!r}")
+        if objectness_loss not in ("bce", "focal"):
+            raise ValueError(f"rpn: objectness_loss must be 'bce' or 'focal', got {objectness_loss!r}")
+        if not 0 < focal_prior < 1:
+            raise ValueError(f"rpn: focal_prior must be in (0, 1), got {focal_prior}")
         self.anchor_generator = anchor_generator
         self.head = head
         self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
@@ -86,6 +125,9 @@ class RegionProposalNetwork(nn.Module):
         self.nms_thresh, self.score_thresh = nms_thresh, score_thresh
         self.min_size = 1e-3
         self.box_loss = box_loss
+        self.objectness_loss, self.focal_alpha, self.focal_gamma = objectness_loss, focal_alpha, focal_gamma
+        if objectness_loss == "focal":  # every anchor starts at probability focal_prior; weights as before
+            nn.init.constant_(head.objectness.bias, prior_bias(focal_prior))
 
     def forward(
         self,
@@ -165,12 +207,21 @@ class RegionProposalNetwork(nn.Module):
         all_anchors = anchors.repeat(len(targets), 1)  # (N * R, 4)
         target_boxes = torch.cat(target_boxes)
         deltas = deltas.reshape(-1, 4)
-        if self.box_loss == "giou":
+        if self.box_loss in IOU_LOSSES:
             predicted = self.box_coder.decode(deltas[pos], all_anchors[pos])
-            box_loss = giou_loss(predicted, target_boxes[pos], reduction="sum")
+            box_loss = IOU_LOSSES[self.box_loss](predicted, target_boxes[pos], reduction="sum")
         else:
             target_deltas = self.box_coder.encode(target_boxes[pos], all_anchors[pos])
             box_loss = F.smooth_l1_loss(deltas[pos], target_deltas, beta=1 / 9, reduction="sum")
         box_loss = box_loss / max(sampled.numel(), 1)
-        objectness_loss = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], labels[sampled])
+        if self.objectness_loss == "focal":
+            objectness_loss = self.focal_objectness_loss(objectness.flatten(), labels)
+        else:
+            objectness_loss = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], labels[sampled])
         return {"loss_objectness": objectness_loss, "loss_rpn_box_reg": box_loss}
+
+    def focal_objectness_loss(self, objectness: Tensor, labels: Tensor) -> Tensor:
+        """RetinaNet's: over every anchor not ignored, no sampling; / max(1, positives). (N * R,), (N * R,)"""
+        valid = labels >= 0  # 1 foreground, 0 background; -1 (between the thresholds) ignored
+        loss = sigmoid_focal_loss(objectness[valid], labels[valid], self.focal_alpha, self.focal_gamma, reduction="sum")
+        return loss / (labels > 0).sum().clamp(min=1)

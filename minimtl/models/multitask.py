@@ -1,20 +1,23 @@
-"""One network, several tasks: detection, instance masks and semantic segmentation on a shared
-ResNet-FPN, their losses combined by minimtl.losses.MultiTaskLoss.
+"""One network, several tasks: detection, instance masks, semantic segmentation and multi-label image
+classification on a shared ResNet-FPN, their losses combined by minimtl.losses.MultiTaskLoss.
 
     images -> ImageTransform -> ResNet (C2..C5) -> FPN (P2..P6)
         detection:  RPN -> box head                     (tasks["detection"] = RPN + box losses)
         instance:   mask head on the detections' boxes  (tasks["instance"]  = mask loss)
         semantic:   SemanticFPNHead(P2..P5) or HypercolumnHead(C2..C5)
                                                         (tasks["semantic"]  = per-pixel CE)
+        image:      ImageClassificationHead(P2..P5)     (tasks["image"]     = per-class BCE)
     L = MultiTaskLoss({task: L_task})  =  sum_i alpha_i L_i  (fixed, uncertainty, DWA or GradNorm)
 
-Every head is switched on or off in MultiTaskConfig (detection, masks, semantic); with semantic
-off it is exactly RCNN. In training, forward returns the individual loss terms (for the log);
-`total_loss(losses)` combines them, and the trainer uses it when the model has one. In eval mode
-each image's dict has the detections (as RCNN's) and "semantic" (H, W) int64 labels.
+Every head is switched on or off in MultiTaskConfig (detection, masks, semantic,
+image_classification); with semantic off (and image_classification off, its default) it is exactly
+RCNN. In training, forward returns the individual loss terms (for the log); `total_loss(losses)`
+combines them, and the trainer uses it when the model has one. In eval mode each image's dict has
+the detections (as RCNN's), "semantic" (H, W) int64 labels and "image_scores" (C-1,) the probability
+that each foreground class 1..C-1 is in the image.
 
-GradNorm needs the last layer every head shares: the backbone's last stage (C5 feeds the FPN and
-both semantic heads).
+GradNorm needs the last layer every head shares: the backbone's last stage (C5 feeds the FPN, hence
+the detection, mask and image heads, and both semantic heads).
 """
 
 from dataclasses import dataclass, field
@@ -24,6 +27,7 @@ from torch import Tensor
 
 from minimtl.losses import MultiTaskLoss
 from minimtl.modeling.hypercolumn import HypercolumnHead, HypercolumnRoIPooler
+from minimtl.modeling.image_head import ImageClassificationHead, image_loss
 from minimtl.modeling.precision import full_precision
 from minimtl.modeling.semantic_head import SemanticFPNHead, semantic_loss, semantic_predictions
 from minimtl.models.rcnn import RCNN, RCNNConfig, check_target_count, check_targets
@@ -33,6 +37,7 @@ TASK_TERMS = {
     "detection": ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"),
     "instance": ("loss_mask",),
     "semantic": ("loss_semantic",),
+    "image": ("loss_image",),
 }
 
 
@@ -45,6 +50,8 @@ class MultiTaskConfig(RCNNConfig):
     semantic_head: str = "fpn"  # fpn (Panoptic FPN's, on P2..P5) or hypercolumn (on C2..C5)
     semantic_channels: int = 128
     num_semantic_classes: int | None = None  # None: num_classes (class 0 the background)
+    image_classification: bool = False  # which classes are in the image (multi-label, on P2..P5)
+    image_channels: int = 256  # the image head's hidden layer
     loss_strategy: str = "fixed"  # fixed, uncertainty, dwa, gradnorm (see MultiTaskLoss)
     loss_weights: dict[str, float] | None = None  # fixed weights per task (default 1 each)
     loss_options: dict = field(default_factory=dict)  # e.g. {"dwa_period": 50, "gradnorm_alpha": 1.5}
@@ -53,18 +60,29 @@ class MultiTaskConfig(RCNNConfig):
         if self.masks is None:
             self.masks = self.detection
         super().__post_init__()
-        if not (self.detection or self.semantic):
-            raise ValueError("MultiTaskConfig: at least one of detection and semantic must be on")
+        if not (self.detection or self.semantic or self.image_classification):
+            raise ValueError(
+                "MultiTaskConfig: at least one of detection and semantic (or image_classification) must be on"
+            )
         if self.masks and not self.detection:
             raise ValueError("MultiTaskConfig: masks (instance segmentation) needs detection=True")
         if self.mask_features not in ("level", "hypercolumn"):
             raise ValueError(f"mask_features must be 'level' or 'hypercolumn', got {self.mask_features!r}")
         if self.semantic_head not in ("fpn", "hypercolumn"):
             raise ValueError(f"semantic_head must be 'fpn' or 'hypercolumn', got {self.semantic_head!r}")
+        if not (isinstance(self.image_channels, int) and self.image_channels >= 1):
+            raise ValueError(
+                f"image_channels must be an int >= 1 (the image head's hidden units), got {self.image_channels!r}"
+            )
 
     @property
     def tasks(self) -> list[str]:
-        on = {"detection": self.detection, "instance": self.masks, "semantic": self.semantic}
+        on = {
+            "detection": self.detection,
+            "instance": self.masks,
+            "semantic": self.semantic,
+            "image": self.image_classification,
+        }
         return [task for task in TASK_TERMS if on[task]]
 
 
@@ -74,7 +92,7 @@ class MultiTaskRCNN(RCNN):
         c = self.config
         if not c.detection:
             self.rpn = self.roi_heads = None
-            if c.semantic_head == "hypercolumn":  # nothing reads the pyramid
+            if c.semantic_head == "hypercolumn" and not c.image_classification:  # nothing reads the pyramid
                 self.fpn = None
         elif c.masks and c.mask_features == "hypercolumn":
             self.roi_heads.mask_head.pooler = HypercolumnRoIPooler(c.fpn_channels, 4, c.mask_roi_size, 2, c.roi_aligned)
@@ -85,6 +103,9 @@ class MultiTaskRCNN(RCNN):
                 self.semantic_head = SemanticFPNHead(c.fpn_channels, num_semantic, c.semantic_channels)
             else:
                 self.semantic_head = HypercolumnHead(self.backbone.out_channels, num_semantic, c.semantic_channels)
+        self.image_head = None  # no parameters when off: the state dict of the other tasks is unchanged
+        if c.image_classification:
+            self.image_head = ImageClassificationHead(c.fpn_channels, c.num_classes - 1, c.image_channels)
         self.loss_weighting = MultiTaskLoss(c.tasks, c.loss_strategy, c.loss_weights, **c.loss_options)
         if c.loss_strategy == "gradnorm":
             self.loss_weighting.set_shared_parameters(list(self.backbone.layer4.parameters()))
@@ -116,7 +137,28 @@ class MultiTaskRCNN(RCNN):
                 labels = semantic_predictions(logits, batch_size, image_sizes, original_sizes)
                 for out, image_labels in zip(outputs, labels, strict=True):
                     out["semantic"] = image_labels
+        if c.image_classification:
+            logits = full_precision(self.image_head(features[:4], image_sizes, tuple(batch.shape[-2:])))  # (N, C-1)
+            if self.training:
+                losses["loss_image"] = image_loss(logits, targets)
+            else:
+                for out, scores in zip(outputs, torch.sigmoid(logits), strict=True):
+                    out["image_scores"] = scores  # (C-1,)
         return losses if self.training else outputs
+
+    @torch.no_grad()
+    def classify(self, images: list[Tensor]) -> Tensor:
+        """The image head alone (backbone, FPN, head; no detection, masks or semantic map): (N, C-1)
+        probabilities that each foreground class is in each image. Puts the model in eval mode."""
+        if self.image_head is None:
+            raise ValueError(
+                "MultiTaskRCNN.classify: the model has no image head; build it with image_classification=True"
+            )
+        self.eval()
+        batch, image_sizes, _, _ = self.batch_images(images, None)
+        features = self.fpn(self.backbone(batch))  # P2..P6
+        logits = self.image_head(features[:4], image_sizes, tuple(batch.shape[-2:]))  # (N, C-1)
+        return torch.sigmoid(full_precision(logits))
 
     def task_losses(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
         """The loss terms grouped by task: {task: sum of its terms}."""
@@ -135,6 +177,16 @@ def check_multitask_targets(targets, images: list[Tensor], config: MultiTaskConf
         check_targets(targets, len(images), config)
     else:
         check_target_count(targets, len(images))
+    if config.image_classification and not config.detection:  # check_targets has checked the labels
+        for i, t in enumerate(targets):
+            labels = t.get("labels")
+            if labels is None or labels.dtype != torch.int64 or labels.dim() != 1:
+                got = "nothing" if labels is None else f"{labels.dtype} {tuple(labels.shape)}"
+                raise ValueError(
+                    f"targets[{i}]['labels'] must be an int64 (G,) tensor (image classification), got {got}"
+                )
+            if len(labels) and not ((labels >= 1) & (labels < config.num_classes)).all():
+                raise ValueError(f"targets[{i}]['labels'] must be in [1, {config.num_classes}), got {labels.tolist()}")
     if config.semantic:
         for i, (t, image) in enumerate(zip(targets, images, strict=True)):
             if "semantic" not in t:

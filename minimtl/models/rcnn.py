@@ -23,7 +23,7 @@ from minimtl.modeling.fpn import FPN
 from minimtl.modeling.mask_head import MaskConvs, MaskHead, MaskPredictor
 from minimtl.modeling.poolers import MultiScaleRoIAlign
 from minimtl.modeling.roi_heads import FastRCNNPredictor, RoIHeads, TwoMLPHead
-from minimtl.modeling.rpn import RegionProposalNetwork, RPNHead
+from minimtl.modeling.rpn import BOX_LOSSES, RegionProposalNetwork, RPNHead, quoted_options
 from minimtl.modeling.transform import ImageTransform
 
 
@@ -57,7 +57,8 @@ class RCNNConfig:
     rpn_batch_size_per_image: int = 256
     rpn_positive_fraction: float = 0.5
     rpn_score_thresh: float = 0.0
-    rpn_box_loss: str = "smooth_l1"  # or giou
+    rpn_box_loss: str = "smooth_l1"  # smooth_l1, giou, diou, ciou (rpn.py)
+    rpn_objectness_loss: str = "bce"  # bce (sampled anchors) or focal (every anchor not ignored; rpn.py)
     # box head
     roi_aligned: bool = False  # RoIAlign's half-pixel shift (torchvision: False, detectron2: True)
     box_roi_size: int = 7
@@ -71,7 +72,12 @@ class RCNNConfig:
     box_batch_size_per_image: int = 512
     box_positive_fraction: float = 0.25
     bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
-    box_loss: str = "smooth_l1"  # or giou
+    box_loss: str = "smooth_l1"  # smooth_l1, giou, diou, ciou (roi_heads.py)
+    box_classifier_loss: str = "ce"  # ce (softmax) or focal (one sigmoid per foreground class; roi_heads.py)
+    # focal loss (RetinaNet's values), for rpn_objectness_loss and box_classifier_loss "focal"
+    focal_alpha: float = 0.25  # weight of the positives, in [0, 1]; negative: no weighting
+    focal_gamma: float = 2.0  # >= 0; 0 with a negative alpha is cross-entropy
+    focal_prior: float = 0.01  # in (0, 1): the probability the focal logits start at (bias initialisation)
     # mask head
     mask_roi_size: int = 14
     mask_layers: tuple[int, ...] = field(default=(256, 256, 256, 256))
@@ -84,6 +90,20 @@ class RCNNConfig:
             raise ValueError(f"backbone must be one of {sorted(RESNETS)}, got {self.backbone!r}")
         if len(self.anchor_sizes) != 5 or len(self.aspect_ratios) != 5:
             raise ValueError("anchor_sizes and aspect_ratios need one entry per level P2..P6 (5)")
+        for name, allowed in [
+            ("rpn_box_loss", BOX_LOSSES),
+            ("box_loss", BOX_LOSSES),
+            ("rpn_objectness_loss", ("bce", "focal")),
+            ("box_classifier_loss", ("ce", "focal")),
+        ]:
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be {quoted_options(allowed)}, got {getattr(self, name)!r}")
+        if not self.focal_alpha <= 1:
+            raise ValueError(f"focal_alpha must be in [0, 1] (or negative to disable it), got {self.focal_alpha}")
+        if not self.focal_gamma >= 0:
+            raise ValueError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
+        if not 0 < self.focal_prior < 1:
+            raise ValueError(f"focal_prior must be in (0, 1), got {self.focal_prior}")
 
     @classmethod
     def field_names(cls) -> set[str]:
@@ -114,6 +134,10 @@ class RCNN(nn.Module):
             c.rpn_nms_thresh,
             c.rpn_score_thresh,
             c.rpn_box_loss,
+            objectness_loss=c.rpn_objectness_loss,
+            focal_alpha=c.focal_alpha,
+            focal_gamma=c.focal_gamma,
+            focal_prior=c.focal_prior,
         )
         mask_head = None
         if c.masks:
@@ -136,6 +160,10 @@ class RCNN(nn.Module):
             c.box_detections_per_img,
             c.box_loss,
             mask_head,
+            classifier_loss=c.box_classifier_loss,
+            focal_alpha=c.focal_alpha,
+            focal_gamma=c.focal_gamma,
+            focal_prior=c.focal_prior,
         )
         if c.channels_last:
             self.to(memory_format=torch.channels_last)  # the conv weights; forward() converts the images

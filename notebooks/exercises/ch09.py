@@ -4,7 +4,7 @@
 `exercise_K(answer)` returns quietly when the answer to exercise K is right, and raises an
 AssertionError that says what is wrong otherwise. Each check compares the answer with minimtl's own
 code (`HypercolumnHead`, `HypercolumnRoIPooler`, `SemanticFPNHead`, `dice_loss`, `mean_iou`'s
-`scores_from_confusion`, the experiment's `differences`) on hand cases, edge cases and seeded random
+`scores_from_confusion`, the experiment's `unpaired_differences`) on hand cases, edge cases and seeded random
 inputs; none trains a model. Worked solutions: notebooks/solutions/ch09.py.
 """
 
@@ -291,7 +291,7 @@ def exercise_8(verdict) -> None:
             "joint, a": [{"mIoU": v} for v in a],
             "semantic only": [{"mIoU": v} for v in b],
         }
-        (_, _, diff, stderr, expected) = mtl.differences(mtl.summary(results), results)[0]
+        (_, _, diff, stderr, expected) = mtl.unpaired_differences(mtl.summary(results), results)[0]
         got = _call(8, verdict, list(a), list(b))
         assert got in VERDICTS, f"exercise 8: return one of {VERDICTS}, got {got!r}"
         assert got == expected, (

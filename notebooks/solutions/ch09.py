@@ -221,7 +221,7 @@ def _zeroes_the_weight_only(pooler, level):
 
 
 def exercise_8(scores_a: list[float], scores_b: list[float]) -> str:
-    """Chapter 10.6's rule (minimtl.experiments.mtl.differences): a real difference exceeds twice its
+    """Chapter 10.6's rule (minimtl.experiments.mtl.unpaired_differences): a real difference exceeds twice its
     standard error, sqrt(s_a^2 / n_a + s_b^2 / n_b), with s the standard deviation over the seeds.
 
     The standard error is the spread of a *mean* over n seeds, std / sqrt(n), not the spread of one run.
