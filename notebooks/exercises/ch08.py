@@ -1,4 +1,4 @@
-"""Checks for the exercises of chapter 8, the Mask R-CNN mask head (notebooks/08_mask_rcnn.ipynb, 8.7).
+"""Checks for the exercises of chapter 8, the Mask R-CNN mask head (notebooks/08_mask_rcnn.ipynb, 8.8).
 
 `exercise_K(answer)` returns quietly when the answer to exercise K is right, and raises an
 AssertionError that says what is wrong otherwise. Each check compares the answer with minimtl's own
