@@ -3,9 +3,10 @@
 Three sections, each a dataclass, printed and read as JSON (`python -m minimtl config`):
 
     model   ModelSection: the kind ("rcnn": Faster/Mask R-CNN, "multitask": + semantic head and
-            loss weighting), an optional pretrained backbone file, and the fields of
-            minimtl.models.RCNNConfig (kind rcnn) or MultiTaskConfig (kind multitask). Three of
-            those come from the data, not from here: num_classes, min_size and max_size.
+            loss weighting), an optional pretrained backbone file, an optional file of another run's
+            weights to start from (init_weights), the parameters that do not train (frozen), and the
+            fields of minimtl.models.RCNNConfig (kind rcnn) or MultiTaskConfig (kind multitask). Three
+            of those come from the data, not from here: num_classes, min_size and max_size.
     train   minimtl.engine.TrainConfig: steps, batch, optimiser, schedule, validation, output folder.
     data    DataSection: synthetic shapes, or your COCO-format files; the image size.
 
@@ -26,6 +27,8 @@ from minimtl.engine import TrainConfig
 from minimtl.models import MultiTaskConfig, RCNNConfig
 
 MODEL_KINDS = {"rcnn": RCNNConfig, "multitask": MultiTaskConfig}
+# The model section's own keys, beside the fields of the kind's config class (kept when the kind changes).
+MODEL_KEYS = ("kind", "backbone_weights", "init_weights", "frozen")
 # Fields of the model configs that the data decides (minimtl/app/run.py): not settable in "model".
 FROM_THE_DATA = ("num_classes", "min_size", "max_size")
 
@@ -63,15 +66,37 @@ class DataSection:
 
 @dataclass
 class ModelSection:
-    """The model's kind, a pretrained backbone, and the fields of the kind's config class."""
+    """The model's kind, a pretrained backbone, weights to start from, what is frozen, and the fields of the
+    kind's config class.
+
+    init_weights: a minimtl checkpoint (a run's last.pt / best.pt) or a state dict saved with torch.save.
+    Before training, each of its tensors whose name and shape match one of the model's is copied in (after
+    backbone_weights, so where both give a tensor this one wins); the rest of the model keeps its
+    initialisation. A joint multi-task run can so start a detection-only one (the semantic head's tensors
+    are not used), or single-task runs a joint one. The file is read when the model is built, never when a
+    finished run's checkpoint is loaded: that has the trained weights.
+
+    frozen: parameter-name prefixes whose parameters do not train (requires_grad False), applied after
+    init_weights. A prefix is whole dotted components: "backbone" freezes backbone.layer1.0.conv1.weight
+    but not backbone_x.weight; "backbone.layer4" is allowed. Normalisation statistics are not frozen by
+    this: a BatchNorm (norm="bn") still updates its running mean and variance in train mode; use
+    norm="frozen_bn" (or GroupNorm, which has none) for that.
+    """
 
     kind: str = "rcnn"  # rcnn or multitask
     backbone_weights: str | None = None  # a torchvision-layout ResNet state dict on disk (ImageNet weights)
     settings: dict = field(default_factory=dict)  # fields of RCNNConfig / MultiTaskConfig that differ from its defaults
+    init_weights: str | None = None  # a checkpoint or state dict: its tensors of matching name and shape are copied in
+    frozen: list[str] = field(default_factory=list)  # parameter-name prefixes that do not train, e.g. ["backbone"]
 
     def __post_init__(self):
         if self.kind not in MODEL_KINDS:
             raise ConfigError(f"model.kind must be one of {sorted(MODEL_KINDS)}, got {self.kind!r}")
+        for key in ("backbone_weights", "init_weights"):
+            value = getattr(self, key)
+            if value is not None and not (isinstance(value, str) and (value or key == "backbone_weights")):
+                raise ConfigError(f"model.{key} must be a file path (str) or null, got {value!r}")
+        self.frozen = check_prefixes("model.frozen", self.frozen)
         config_class = MODEL_KINDS[self.kind]
         valid = {f.name for f in fields(config_class)} - set(FROM_THE_DATA)
         hints = typing.get_type_hints(config_class)
@@ -86,7 +111,7 @@ class ModelSection:
                     hint = " (it comes from the data" + (
                         ": set data.min_size / data.max_size)" if "size" in key else ")"
                     )
-                valid_keys = sorted(valid | {"kind", "backbone_weights"})
+                valid_keys = sorted(valid | set(MODEL_KEYS))
                 hint = hint or _did_you_mean(key, valid_keys)
                 raise ConfigError(f"model.{key}: not a setting of model.kind={self.kind!r}{hint}; valid keys: "
                                   + ", ".join(valid_keys))  # fmt: skip
@@ -104,8 +129,10 @@ class ModelSection:
         return MODEL_KINDS[self.kind](num_classes=num_classes, min_size=min_size, max_size=max_size, **settings)
 
     def to_dict(self, full: bool = False) -> dict:
-        """Flat, as in the JSON file: kind, backbone_weights, then the settings (all fields if full)."""
-        out = {"kind": self.kind, "backbone_weights": self.backbone_weights}
+        """Flat, as in the JSON file: kind, backbone_weights, init_weights, frozen, then the settings (all
+        fields if full)."""
+        out = {"kind": self.kind, "backbone_weights": self.backbone_weights, "init_weights": self.init_weights,
+               "frozen": list(self.frozen)}  # fmt: skip
         if full:
             defaults = {f.name: _default(f) for f in fields(MODEL_KINDS[self.kind]) if f.name not in FROM_THE_DATA}
             defaults["masks"] = None  # from the data
@@ -117,10 +144,10 @@ class ModelSection:
     def from_dict(cls, values: dict) -> "ModelSection":
         values = dict(values)
         kind = values.pop("kind", "rcnn")
-        weights = values.pop("backbone_weights", None)
-        if weights is not None and not isinstance(weights, str):
-            raise ConfigError(f"model.backbone_weights must be a file path (str) or null, got {weights!r}")
-        return cls(kind=check_value("model.kind", kind, str), backbone_weights=weights, settings=values)
+        weights, init = values.pop("backbone_weights", None), values.pop("init_weights", None)
+        frozen = values.pop("frozen", [])
+        return cls(kind=check_value("model.kind", kind, str), backbone_weights=weights, settings=values,
+                   init_weights=init, frozen=frozen)  # fmt: skip
 
 
 @dataclass
@@ -164,7 +191,7 @@ def resolve(*layers: dict) -> RunConfig:
             if section == "model" and "kind" in values and values["kind"] != merged["model"].get("kind", "rcnn"):
                 # another kind: the earlier layers' settings may not exist there; keep the shared ones
                 shared = {f.name for f in fields(MODEL_KINDS.get(values["kind"], RCNNConfig))}
-                merged["model"] = {k: v for k, v in merged["model"].items() if k in shared or k == "backbone_weights"}
+                merged["model"] = {k: v for k, v in merged["model"].items() if k in shared or k in MODEL_KEYS}
             merged[section].update(values)
     return RunConfig(
         model=ModelSection.from_dict(merged["model"]),
@@ -243,6 +270,22 @@ def check_value(where: str, value, hint):
         if isinstance(value, dict):
             return dict(value)
     raise ConfigError(f"{where}: expected {_name(hint)}, got {value!r}")
+
+
+def check_prefixes(where: str, value) -> list[str]:
+    """A list of parameter-name prefixes: non-empty strings of dotted names ("backbone", "backbone.layer4")."""
+    example = '["backbone", "fpn"]'
+    if isinstance(value, str):
+        raise ConfigError(f"{where}: expected a list of parameter-name prefixes, got the string {value!r} "
+                          f"(e.g. --set '{where}={example}')")  # fmt: skip
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list of parameter-name prefixes (e.g. {example}), got {value!r}")
+    for i, prefix in enumerate(value):
+        if not isinstance(prefix, str) or not prefix:
+            raise ConfigError(f"{where}[{i}]: expected a non-empty string (a parameter-name prefix), got {prefix!r}")
+        if not all(prefix.split(".")):
+            raise ConfigError(f"{where}[{i}]: {prefix!r} is not a dotted name (e.g. backbone or backbone.layer4)")
+    return list(value)
 
 
 def _did_you_mean(key: str, valid) -> str:

@@ -15,10 +15,12 @@ decision is a line in `notes`, printed before training starts.
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from minimtl.app.config import MODEL_KINDS, DataSection, ModelSection, RunConfig
@@ -27,6 +29,7 @@ from minimtl.data.loader import collate
 from minimtl.engine import Trainer, load_checkpoint, pick_device
 from minimtl.engine.distributed import process_group
 from minimtl.engine.inference import evaluate_dataset
+from minimtl.engine.trainer import MAGIC
 from minimtl.evaluation import multilabel_metrics
 from minimtl.modeling.image_head import image_targets
 from minimtl.models import RCNN, MultiTaskConfig, MultiTaskRCNN, RCNNConfig
@@ -43,7 +46,7 @@ class Prepared:
     classes: list[str]  # names by label, "background" first
     category_ids: list[int] | None  # the annotation file's id of each label 1..C (None: shapes)
     model_config: RCNNConfig
-    model: RCNN  # initialised from train.seed (and the backbone file, if any)
+    model: RCNN  # initialised from train.seed (and the backbone and init_weights files, if any; frozen applied)
     notes: list[str] = field(default_factory=list)
 
 
@@ -67,7 +70,8 @@ def image_size(data: DataSection, sizes: list[tuple[int, int]]) -> tuple[int, in
 
 def prepare(run: RunConfig) -> Prepared:
     """The datasets, classes, model config and initial model a run trains with. Raises ValueError (or
-    FileNotFoundError) for bad data or a bad backbone file: before any training starts."""
+    FileNotFoundError) for bad data, a bad backbone or init_weights file, or a frozen prefix that matches
+    nothing: before any training starts."""
     data, model = run.data, run.model
     notes = []
     semantic = model.kind == "multitask" and model.settings.get("semantic", True)
@@ -135,14 +139,152 @@ def _check_same_categories(train_set, test_set, train_file, test_file) -> None:
 
 
 def build_model(model: ModelSection, config: RCNNConfig, log=print) -> RCNN:
-    """The network of a model section, with its pretrained backbone loaded when one is named."""
+    """The network of a model section: its pretrained backbone loaded when one is named, then the tensors of
+    init_weights that fit (overriding the backbone's where both give one), then the frozen prefixes applied.
+    Raises ValueError / FileNotFoundError (one line, naming the setting) for a file or prefix that cannot be."""
     net = network(config)
     if model.backbone_weights:
         from minimtl.models.pretrained import load_backbone_weights
 
         summary = load_backbone_weights(net, model.backbone_weights)
         log(f"backbone: {summary['loaded']} tensors from {model.backbone_weights}")
+    if model.init_weights:
+        log(load_matching_weights(net, model.init_weights))
+    if model.frozen:
+        log(freeze(net, model.frozen))
     return net
+
+
+def read_weights(path, where: str = "model.init_weights") -> dict[str, torch.Tensor]:
+    """The weights in `path`: a minimtl checkpoint's "model" (its header and checksum checked), or a state
+    dict saved with torch.save (read with weights_only=True; nested under "model" or "state_dict", or its
+    names prefixed by DataParallel's "module.", is found too)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{where}: {path}: no such file")
+    if not path.is_file():
+        raise ValueError(f"{where}: {path} is a directory, not a checkpoint or state dict file")
+    with open(path, "rb") as f:
+        checkpoint = f.read(len(MAGIC)) == MAGIC
+    if checkpoint:
+        try:
+            state = load_checkpoint(path, map_location="cpu")
+        except ValueError as error:  # a damaged file: the checksum
+            raise ValueError(f"{where}: {error}") from None
+        if not isinstance(state, Mapping) or not isinstance(state.get("model"), Mapping):
+            raise ValueError(f"{where}: {path} is a minimtl checkpoint without model weights (no 'model')")
+        state = state["model"]
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # not torch's format, a pickled module, a cut-off file
+            from minimtl.models.pretrained import _load_failure
+
+            raise ValueError(
+                f"{where}: {path} is neither a minimtl checkpoint nor a state dict saved with torch.save "
+                f"({_load_failure(error)})"
+            ) from None
+        for wrapper in ("model", "state_dict"):
+            if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
+                state = state[wrapper]
+    what = f"{where}: {path} is not a checkpoint or state dict"
+    if not isinstance(state, Mapping) or not state:
+        held = "an empty dict" if isinstance(state, Mapping) else f"a {type(state).__name__}"
+        raise ValueError(f"{what}: it holds {held}, not a dict of name -> Tensor")
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"{what}: {bad[0]!r} holds a value of type {type(state[bad[0]]).__name__}, not a Tensor")
+    if all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return dict(state)
+
+
+def load_matching_weights(net: nn.Module, path, where: str = "model.init_weights") -> str:
+    """Copy each tensor of the file at `path` (read_weights) whose name and shape match one of `net`'s
+    into it; the rest of `net` keeps its values. Returns the line that says what was and was not used; a
+    ValueError if not one tensor fits (a name with another shape is reported, not an error)."""
+    file = read_weights(path, where)
+    ours = net.state_dict()
+    fits = {k: v for k, v in file.items() if k in ours and v.shape == ours[k].shape}
+    other_shape = [k for k in file if k in ours and k not in fits]
+    if not fits:
+        why = f"the file's tensors begin {_modules(list(file), file)}, the model's {_modules(list(ours), ours)}"
+        if other_shape:
+            names = "1 name matches" if len(other_shape) == 1 else f"{len(other_shape)} names match"
+            why = f"{names}, but with other shapes ({_shapes(other_shape, file, ours)})"
+        raise ValueError(f"{where}: no tensor of {path} fits the model (same name and shape): {why}")
+    net.load_state_dict(fits, strict=False)  # only names the model has, with its shapes: nothing to refuse
+    missing = [k for k in ours if k not in fits]
+    unused = [k for k in file if k not in fits]
+    line = f"init: {len(fits)} tensors from {path}; {len(missing)} of the model's tensors not in it"
+    if missing:
+        line += f" ({_modules(missing, ours)})"
+    line += f"; {len(unused)} of the file's not used"
+    if unused:
+        parts = [_modules([k for k in unused if k not in ours], file)] if len(unused) > len(other_shape) else []
+        if other_shape:
+            parts.append(f"shape differs: {_shapes(other_shape, file, ours)}")
+        line += f" ({'; '.join(parts)})"
+    return line
+
+
+def freeze(net: nn.Module, prefixes) -> str:
+    """requires_grad False for the parameters whose names start with one of `prefixes`, whole dotted
+    components ("backbone" matches backbone.layer1.0.conv1.weight, not backbone_x.weight). Returns the line
+    that counts them; a ValueError for a prefix that matches no parameter, or if none would train.
+    BatchNorm running statistics are buffers, not parameters: train mode still updates them."""
+    parameters = dict(net.named_parameters())
+    frozen = {}
+    for prefix in prefixes:
+        matched = {n: p for n, p in parameters.items() if n == prefix or n.startswith(prefix + ".")}
+        if not matched:
+            modules = ", ".join(name for name, m in net.named_children() if any(True for _ in m.parameters()))
+            raise ValueError(
+                f"model.frozen: {prefix!r} matches no parameter of the model (a prefix matches whole dotted "
+                f"components, e.g. backbone or backbone.layer4); the model's modules: {modules}"
+            )
+        frozen.update(matched)
+    for p in frozen.values():
+        p.requires_grad_(False)
+    trainable = [p for p in parameters.values() if p.requires_grad]
+    if not trainable:
+        raise ValueError(f"model.frozen: {list(prefixes)} freezes every parameter of the model: nothing would train")
+    return (
+        f"frozen: {len(frozen)} parameters (prefixes {', '.join(prefixes)}; {_count(frozen.values())} values), "
+        f"{len(trainable)} trainable ({_count(trainable)} values)"
+    )
+
+
+def _count(parameters) -> str:
+    return f"{sum(p.numel() for p in parameters):,}"
+
+
+def _modules(keys: list[str], universe, few: int = 4) -> str:
+    """`keys` named by module where they are all of it ("semantic_head.*"), one by one where not; the first few."""
+    groups = _group(keys, list(universe), 0)
+    return ", ".join(groups[:few]) + (f" and {len(groups) - few} more" if len(groups) > few else "")
+
+
+def _group(keys: list[str], universe: list[str], depth: int) -> list[str]:
+    """`keys` by their first depth + 1 components: "a.b.*" where they are all of universe's a.b, else deeper."""
+    out: dict[str, list[str]] = {}
+    for key in keys:
+        parts = key.split(".")
+        prefix = ".".join(parts[: depth + 1])
+        if prefix in out:
+            continue
+        if len(parts) <= depth + 1:
+            out[prefix] = [key]
+            continue
+        inside = [k for k in keys if k.startswith(prefix + ".")]
+        whole = [k for k in universe if k.startswith(prefix + ".")]
+        out[prefix] = [prefix + ".*"] if len(inside) == len(whole) else _group(inside, whole, depth + 1)
+    return [name for names in out.values() for name in names]
+
+
+def _shapes(keys: list[str], file, ours, few: int = 2) -> str:
+    shown = [f"{k} (file {tuple(file[k].shape)}, model {tuple(ours[k].shape)})" for k in keys[:few]]
+    return ", ".join(shown) + (f" and {len(keys) - few} more" if len(keys) > few else "")
 
 
 def network(config: RCNNConfig) -> RCNN:
@@ -152,13 +294,13 @@ def network(config: RCNNConfig) -> RCNN:
 
 def finalize(run: RunConfig) -> RunConfig:
     """What a setting implies: a pretrained backbone brings frozen BatchNorm and 3 trainable stages
-    (torchvision's choice for fine-tuning), unless the settings say otherwise."""
+    (torchvision's choice for fine-tuning), unless the settings say otherwise. The other fields of the
+    model section (init_weights, frozen) are kept as they are."""
     model = run.model
     if not model.backbone_weights:
         return run
     settings = {"norm": "frozen_bn", "trainable_backbone_layers": 3, **model.settings}
-    model = ModelSection(kind=model.kind, backbone_weights=model.backbone_weights, settings=settings)
-    return RunConfig(model=model, train=run.train, data=run.data)
+    return RunConfig(model=replace(model, settings=settings), train=run.train, data=run.data)
 
 
 def checkpoint_metadata(run: RunConfig, prepared: Prepared) -> dict:
@@ -305,7 +447,9 @@ def flat_metrics(results: dict) -> dict[str, float]:
 
 
 def model_from_checkpoint(path, device) -> tuple[RCNN, dict]:
-    """The model a checkpoint holds (in eval mode, on `device`) and its metadata."""
+    """The model a checkpoint holds (in eval mode, on `device`) and its metadata. Built from the stored
+    model config and weights alone: the run's backbone_weights and init_weights files are not read (they
+    may be gone), nor is anything frozen (an evaluated model does not train)."""
     state = load_checkpoint(path, map_location="cpu")
     meta = state.get("metadata", {})
     if "model_config" not in meta:

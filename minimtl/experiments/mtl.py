@@ -1,12 +1,23 @@
-"""The joint-versus-separate experiment: does training detection, instance masks and semantic
-segmentation together, L = sum_i alpha_i L_i, beat training them apart?
+"""The joint-versus-separate experiment: does training detection, instance masks, semantic
+segmentation (and image classification) together, L = sum_i alpha_i L_i, beat training them apart?
 
     python -m minimtl experiment mtl            # every row, 3 seeds, writes docs/mtl_experiment.md
 
 Every row trains the same network (minimtl.models.MultiTaskRCNN, the demo's small ResNet-18-FPN)
 on the same synthetic shapes with the same budget (steps, batch, optimiser, schedule); only the
 heads that are on and the loss weighting change. Each run is evaluated on the same held-out
-images: box AP, mask AP (COCO's, minimtl.evaluation) and semantic mIoU.
+images: box AP, mask AP (COCO's, minimtl.evaluation), semantic mIoU, and the image head's mAP.
+
+Two rows follow the article's protocols, in phases, each reported model having seen the same
+`steps` updates as any other row's:
+  * "joint, then fine-tuned per task": the joint network (fixed equal weights) for (1 - f) steps,
+    then, for each task, a copy of it with only that task's heads on, fine-tuned f steps on that
+    task's loss alone with the backbone and FPN frozen (f = FINETUNE_FRACTION); each task is
+    reported from its own fine-tuned model.
+  * "separate, then joint": Mask R-CNN (detection + instance) and semantic segmentation each
+    trained alone for g steps (g = SEPARATE_FRACTION of them), then one network initialised from
+    both (backbone and FPN the average of the two, each head from its own run) trained jointly for
+    the rest.
 
 A finished run leaves result.json in its folder and is not run again, so an interrupted
 experiment continues where it stopped.
@@ -24,19 +35,31 @@ import torch
 from minimtl.app import run as app
 from minimtl.app.config import DataSection, ModelSection, RunConfig
 from minimtl.app.presets import SMALL_MODEL, SMALL_TRAIN
-from minimtl.engine import TrainConfig
+from minimtl.engine import TrainConfig, load_checkpoint
 from minimtl.experiments import stats
 
-# (name, heads and weighting): the rows of the table.
+# The single-task baselines, by the metric each is compared on.
+DETECTION = dict(detection=True, masks=False, semantic=False)
+MASK_RCNN = dict(detection=True, masks=True, semantic=False)
+SEMANTIC = dict(detection=False, masks=False, semantic=True)
+IMAGE = dict(detection=False, masks=False, semantic=False, image_classification=True)
+FINETUNE_FRACTION = 0.25  # "joint, then fine-tuned per task": the share of the steps spent fine-tuning
+FINETUNE_FROZEN = ["backbone", "fpn"]  # what stays as the joint phase left it
+SEPARATE_FRACTION = 0.5  # "separate, then joint": the share of the steps spent on the tasks alone
+# (name, heads and weighting, or a protocol): the rows of the table.
 ROWS = [
-    ("detection only", dict(detection=True, masks=False, semantic=False)),
-    ("Mask R-CNN (detection + instance)", dict(detection=True, masks=True, semantic=False)),
-    ("semantic only", dict(detection=False, masks=False, semantic=True)),
+    ("detection only", DETECTION),
+    ("Mask R-CNN (detection + instance)", MASK_RCNN),
+    ("semantic only", SEMANTIC),
+    ("image classification only", IMAGE),
     ("joint, fixed equal weights", dict(loss_strategy="fixed")),
     ("joint, uncertainty weighting", dict(loss_strategy="uncertainty")),
     ("joint, DWA", dict(loss_strategy="dwa")),
     ("joint, GradNorm", dict(loss_strategy="gradnorm")),
     ("joint, fixed + PCGrad", dict(loss_strategy="fixed", pcgrad=True)),
+    ("joint with the image task, fixed equal weights", dict(loss_strategy="fixed", image_classification=True)),
+    ("joint, then fine-tuned per task", dict(protocol="joint_then_finetune")),
+    ("separate, then joint", dict(protocol="separate_then_joint")),
 ]
 # The demo's model (the "small" preset, minimtl/app/presets.py), plus the semantic head.
 MODEL = {
@@ -56,28 +79,126 @@ def run_one(name: str, row: dict, seed: int, steps: int, num_test: int, out: Pat
     result_path = out / "result.json"
     train = {**TRAIN, "steps": steps}
     settings = {"row": name, "seed": seed, "steps": steps, "num_test": num_test, "model": MODEL, "train": train}
+    protocol = row.get("protocol")
+    if protocol == "joint_then_finetune":
+        settings["protocol"] = {"finetune_fraction": FINETUNE_FRACTION, "frozen": FINETUNE_FROZEN}
+    elif protocol == "separate_then_joint":
+        settings["protocol"] = {"separate_fraction": SEPARATE_FRACTION, "shared": "average"}
     if result_path.exists():
         stored = json.loads(result_path.read_text())
         if stored.get("settings") == json.loads(json.dumps(settings)):
             return stored
-    row = dict(row)
-    pcgrad = row.pop("pcgrad", False)
-    run = RunConfig(
-        model=ModelSection(kind="multitask", settings={**MODEL, **row}),
-        train=TrainConfig(**{**TRAIN, "steps": steps, "seed": seed, "pcgrad": pcgrad, "output_dir": str(out)}),
-        data=DataSection(image_size=128, min_size=128, max_size=128, num_test_images=num_test),
-    )
-    report = app.train(run, log=log)
-    test = report["test"]
-    result = {"settings": settings, "train_seconds": report["train_seconds"], "weights": report["loss_weights"]}
-    if "box" in test:
-        result["box_AP"] = test["box"]["AP"]
-    if "mask" in test:
-        result["mask_AP"] = test["mask"]["AP"]
-    if "semantic" in test:
-        result["mIoU"] = test["semantic"]["mIoU"]
+    if protocol == "joint_then_finetune":
+        result = joint_then_finetune(seed, steps, num_test, out, log)
+    elif protocol == "separate_then_joint":
+        result = separate_then_joint(seed, steps, num_test, out, log)
+    else:
+        report = train_phase(row, seed, steps, num_test, out, log)
+        result = {"train_seconds": report["train_seconds"], "weights": report["loss_weights"], **metrics(report)}
+    result = {"settings": settings, **result}
     result_path.write_text(json.dumps(result, indent=1))
     return result
+
+
+def train_phase(row: dict, seed: int, steps: int, num_test: int, out: Path, log=print, init_weights=None,
+                frozen=()) -> dict:  # fmt: skip
+    """One training run of the experiment's model with `row`'s heads and weighting; its report."""
+    row = dict(row)
+    pcgrad = row.pop("pcgrad", False)
+    warmup = min(TRAIN["warmup_steps"], max(steps // 4, 1))  # a short phase still warms up, then decays
+    run = RunConfig(
+        model=ModelSection(
+            kind="multitask",
+            settings={**MODEL, **row},
+            init_weights=init_weights and str(init_weights),
+            frozen=list(frozen),
+        ),  # fmt: skip
+        train=TrainConfig(
+            **{**TRAIN, "steps": steps, "warmup_steps": warmup, "seed": seed, "pcgrad": pcgrad, "output_dir": str(out)}
+        ),  # fmt: skip
+        data=DataSection(image_size=128, min_size=128, max_size=128, num_test_images=num_test),
+    )
+    return app.train(run, log=log)
+
+
+def metrics(report: dict) -> dict:
+    """The experiment's numbers from a run's report: box_AP, mask_AP, mIoU, image_mAP (those it has)."""
+    test, out = report["test"], {}
+    if "box" in test:
+        out["box_AP"] = test["box"]["AP"]
+    if "mask" in test:
+        out["mask_AP"] = test["mask"]["AP"]
+    if "semantic" in test:
+        out["mIoU"] = test["semantic"]["mIoU"]
+    if "image" in test:
+        out["image_mAP"] = test["image"]["mAP"]
+    return out
+
+
+def _split(steps: int, fraction: float) -> tuple[int, int]:
+    """steps = first + second, second = round(fraction * steps), each at least 1."""
+    second = min(max(round(fraction * steps), 1), steps - 1)
+    return steps - second, second
+
+
+def joint_then_finetune(seed: int, steps: int, num_test: int, out: Path, log=print) -> dict:
+    """The article's "joint training": the whole network on all tasks, then each task fine-tuned alone.
+
+    Phase 1: the joint network with fixed equal weights, (1 - FINETUNE_FRACTION) of the steps. Phase 2, per
+    baseline (detection only, Mask R-CNN, semantic only): that model's heads initialised from phase 1 (the
+    heads it lacks are left out), the backbone and FPN frozen, FINETUNE_FRACTION of the steps on its loss
+    alone. Each metric comes from the model fine-tuned for it.
+    """
+    first, second = _split(steps, FINETUNE_FRACTION)
+    joint = train_phase(dict(loss_strategy="fixed"), seed, first, num_test, out / "joint", log)
+    seconds = joint["train_seconds"]
+    result = {"weights": joint["loss_weights"], "phases": {"joint": first, "finetune": second}}
+    for metric, heads in (("box_AP", DETECTION), ("mask_AP", MASK_RCNN), ("mIoU", SEMANTIC)):
+        report = train_phase(heads, seed, second, num_test, out / f"finetune_{metric}", log,
+                             init_weights=out / "joint" / "last.pt", frozen=FINETUNE_FROZEN)  # fmt: skip
+        seconds += report["train_seconds"]
+        result[metric] = metrics(report)[metric]
+    return {"train_seconds": seconds, **result}
+
+
+def separate_then_joint(seed: int, steps: int, num_test: int, out: Path, log=print) -> dict:
+    """The article's "separate training": each task trained alone, then the resulting models jointly.
+
+    Phase 1: Mask R-CNN (detection + instance: a mask head needs the detector) and semantic segmentation,
+    each alone for SEPARATE_FRACTION of the steps. Phase 2: one joint network (fixed equal weights)
+    initialised from both (merge_weights: backbone and FPN averaged, each head from its own run), trained
+    jointly for the rest.
+    """
+    first, second = _split(steps, SEPARATE_FRACTION)
+    seconds = 0.0
+    for name, heads in (("alone_mask_rcnn", MASK_RCNN), ("alone_semantic", SEMANTIC)):
+        seconds += train_phase(heads, seed, first, num_test, out / name, log)["train_seconds"]
+    merged = out / "merged.pt"
+    torch.save(merge_weights([out / "alone_mask_rcnn" / "last.pt", out / "alone_semantic" / "last.pt"]), merged)
+    report = train_phase(dict(loss_strategy="fixed"), seed, second, num_test, out / "joint", log, init_weights=merged)
+    return {"train_seconds": seconds + report["train_seconds"], "weights": report["loss_weights"],
+            "phases": {"alone": first, "joint": second}, **metrics(report)}  # fmt: skip
+
+
+SHARED = ("backbone.", "fpn.")  # the modules every task's network has
+
+
+def merge_weights(checkpoints: list[Path]) -> dict[str, torch.Tensor]:
+    """One state dict from several runs of the same backbone: the shared modules' floating-point tensors
+    averaged over the runs that have them, every other tensor (the heads, integer counters) from the first
+    run that has it."""
+    states = [load_checkpoint(path, map_location="cpu")["model"] for path in checkpoints]
+    merged = {}
+    for state in states:
+        for key, value in state.items():
+            if key in merged:
+                continue
+            same = [s[key] for s in states if key in s and s[key].shape == value.shape]
+            if key.startswith(SHARED) and value.is_floating_point() and len(same) > 1:
+                merged[key] = torch.stack(same).mean(dim=0)
+            else:
+                merged[key] = value
+    return merged
 
 
 def run(seeds=(0, 1, 2), steps: int = TRAIN["steps"], num_test: int = 200, out_dir="runs/mtl", rows=None, log=print):
@@ -104,29 +225,34 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summary(results: dict) -> dict:
-    """{row: {metric: (mean, std)}} for box_AP, mask_AP, mIoU and train_seconds."""
+    """{row: {metric: (mean, std)}} for box_AP, mask_AP, mIoU, image_mAP and train_seconds."""
     table = {}
     for name, runs in results.items():
         table[name] = {
-            metric: _mean_std([r[metric] for r in runs])
-            for metric in ("box_AP", "mask_AP", "mIoU", "train_seconds")
-            if metric in runs[0]
+            metric: _mean_std([r[metric] for r in runs]) for metric in (*METRICS, "train_seconds") if metric in runs[0]
         }
     return table
 
 
+METRICS = {"box_AP": "box AP", "mask_AP": "mask AP", "mIoU": "semantic mIoU", "image_mAP": "image mAP"}
+
+
 def table_markdown(table: dict) -> str:
-    lines = ["| run | box AP | mask AP | semantic mIoU | time per run |", "|---|---|---|---|---|"]
+    shown = [m for m in METRICS if any(m in metrics for metrics in table.values())]
+    lines = ["| run | " + " | ".join(METRICS[m] for m in shown) + " | time per run |", "|---" * (len(shown) + 2) + "|"]
     for name, metrics in table.items():
-        cells = []
-        for metric in ("box_AP", "mask_AP", "mIoU"):
-            cells.append(f"{metrics[metric][0]:.3f} ± {metrics[metric][1]:.3f}" if metric in metrics else "–")
+        cells = [f"{metrics[m][0]:.3f} ± {metrics[m][1]:.3f}" if m in metrics else "–" for m in shown]
         cells.append(f"{metrics['train_seconds'][0]:.0f} s")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-BASELINES = {"box_AP": "detection only", "mask_AP": "Mask R-CNN (detection + instance)", "mIoU": "semantic only"}
+BASELINES = {
+    "box_AP": "detection only",
+    "mask_AP": "Mask R-CNN (detection + instance)",
+    "mIoU": "semantic only",
+    "image_mAP": "image classification only",
+}
 CONFIDENCE = 0.95  # of the intervals of the paired differences
 _LEVEL = f"{CONFIDENCE:.0%}".replace("%", " %")  # "95 %"
 TARGET = 0.02  # the difference (of AP or mIoU) "What this experiment can resolve" asks seeds for
@@ -173,7 +299,7 @@ def differences(results: dict, confidence: float = CONFIDENCE) -> list[Compariso
     """
     out = []
     for name, runs in results.items():
-        if not name.startswith("joint"):
+        if name in BASELINES.values():  # a baseline: what the others are compared with
             continue
         for metric, base in BASELINES.items():
             if base not in results or not runs or metric not in runs[0]:
@@ -305,6 +431,29 @@ def resolvable(comparisons: list[Comparison], target: float = TARGET) -> list[st
     ]
 
 
+def protocol_lines(results: dict, steps: int) -> list[str]:
+    """What the article's two protocols did, with their phases' steps, for the rows that ran."""
+    lines = []
+    if "joint, then fine-tuned per task" in results:
+        joint, tune = _split(steps, FINETUNE_FRACTION)
+        lines.append(
+            f"- joint, then fine-tuned per task: the joint network (fixed equal weights) for {joint} steps, then "
+            f"three copies, each with one baseline's heads (detection only; Mask R-CNN; semantic only), "
+            f"initialised from it and fine-tuned {tune} steps on that task's loss alone, "
+            f"{' and '.join(FINETUNE_FROZEN)} frozen; each metric from its own copy (training time: all four "
+            "phases)."
+        )
+    if "separate, then joint" in results:
+        alone, joint = _split(steps, SEPARATE_FRACTION)
+        lines.append(
+            f"- separate, then joint: Mask R-CNN (detection + instance) and semantic segmentation each alone for "
+            f"{alone} steps, then one joint network (fixed equal weights) initialised from both, backbone and FPN "
+            f"the average of the two runs', each head from its own run, trained {joint} steps (training time: all "
+            "three phases)."
+        )
+    return lines
+
+
 def write_report(results: dict, path: Path, seeds, steps: int, num_test: int, conclusion: str = "") -> str:
     """Write the report (the table, the settings, the paired comparisons, what the seeds resolve) to path;
     returns its text. Raises ValueError, before writing, when a joint row and its baseline ran different seeds."""
@@ -327,10 +476,12 @@ def write_report(results: dict, path: Path, seeds, steps: int, num_test: int, co
         f"{TRAIN['optimizer']} lr {TRAIN['lr']}, weight decay {TRAIN['weight_decay']}, {TRAIN['warmup_steps']} "
         f"warm-up steps, {TRAIN['schedule']} schedule, gradient clipping at {TRAIN['grad_clip']}.",
         f"- Model: `MultiTaskRCNN`, {json.dumps(MODEL)}; each row switches heads and weighting: "
-        + "; ".join(f"{name}: `{json.dumps(row)}`" for name, row in ROWS if name in results)
+        + "; ".join(f"{name}: `{json.dumps(row)}`" for name, row in ROWS if name in results and "protocol" not in row)
         + ".",
+        *protocol_lines(results, steps),
         "- Box and mask AP are COCO's AP@[.5:.95] (`minimtl.evaluation.evaluate`); mIoU over background, "
-        "circle, square and triangle (`minimtl.evaluation.mean_iou`).",
+        "circle, square and triangle (`minimtl.evaluation.mean_iou`); image mAP the mean over the classes of "
+        'the AP of the image head\'s scores for "the class is in the image" (`minimtl.evaluation.classification`).',
         "- Time per run: the wall-clock training time (evaluation excluded); anything else running on the "
         "machine at the same time inflates it.",
         "- Seed s of every row uses the same data order and initialisation seed, so each joint row is compared with "
