@@ -6,6 +6,7 @@
     python -m minimtl predict --checkpoint runs/train/last.pt --images photos/ --out predictions/
     python -m minimtl config small             a preset, fully resolved, as JSON to start a --config file from
     python -m minimtl experiment mtl           joint vs separate training -> docs/mtl_experiment.md
+    python -m minimtl experiment losses        Mask R-CNN's losses vs focal, GIoU, CIoU -> docs/losses_experiment.md
     python -m minimtl data convert --from voc|labelmap|yolo --input labels/ --images imgs/ --out ann.json
                                                your annotations in another format -> a COCO file
     python -m minimtl data stats ann.json      what the file holds, and which objects the anchors miss
@@ -133,17 +134,20 @@ def cmd_config(args) -> int:
 
 
 def cmd_experiment(args) -> int:
-    from minimtl.experiments import mtl
+    from minimtl.experiments import losses, mtl
 
+    experiment = {"mtl": mtl, "losses": losses}[args.name]
     seeds = args.seeds if args.seeds is not None else ([0] if args.fast else [0, 1, 2])
     steps = args.steps if args.steps is not None else (20 if args.fast else mtl.TRAIN["steps"])
     num_test = 8 if args.fast else args.num_test_images
     if args.rows:
-        unknown = set(args.rows) - {name for name, _ in mtl.ROWS}
+        unknown = set(args.rows) - {name for name, _ in experiment.ROWS}
         if unknown:
-            raise UsageError(f"--rows: unknown {sorted(unknown)}; the rows are {[name for name, _ in mtl.ROWS]}")
-    results = mtl.run(seeds, steps, num_test, args.out_dir, rows=args.rows)
-    text = mtl.write_report(results, Path(args.report), seeds, steps, num_test)
+            raise UsageError(f"--rows: unknown {sorted(unknown)}; the rows are {[name for name, _ in experiment.ROWS]}")
+    out_dir = args.out_dir or f"runs/{args.name}"
+    report = args.report or f"docs/{args.name}_experiment.md"
+    results = experiment.run(seeds, steps, num_test, out_dir, rows=args.rows)
+    text = experiment.write_report(results, Path(report), seeds, steps, num_test)
     print(text)
     return 0
 
@@ -304,14 +308,15 @@ def parser() -> argparse.ArgumentParser:
     cf.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
     cf.set_defaults(run=cmd_config)
 
-    ex = sub.add_parser("experiment", help="run an experiment and write its report (mtl: joint vs separate)")
-    ex.add_argument("name", choices=["mtl"])
+    ex = sub.add_parser("experiment", help="run an experiment and write its report (mtl: joint vs separate; "
+                        "losses: Mask R-CNN's losses vs focal and the IoU family)")  # fmt: skip
+    ex.add_argument("name", choices=["mtl", "losses"])
     ex.add_argument("--steps", type=int, help="training steps per run (default 600; 20 with --fast)")
     ex.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2 (0 with --fast)")
     ex.add_argument("--num-test-images", type=int, default=200)
     ex.add_argument("--rows", nargs="+", help="only these rows (by name)")
-    ex.add_argument("--out-dir", default="runs/mtl", help="one folder per run; finished runs are reused")
-    ex.add_argument("--report", default="docs/mtl_experiment.md")
+    ex.add_argument("--out-dir", help="one folder per run; finished runs are reused (default runs/NAME)")
+    ex.add_argument("--report", help="where to write the report (default docs/NAME_experiment.md)")
     ex.add_argument("--fast", action="store_true", help="a smoke run: 20 steps, one seed, 8 test images")
     ex.set_defaults(run=cmd_experiment)
 

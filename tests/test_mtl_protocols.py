@@ -7,7 +7,7 @@ import json
 import torch
 
 from minimtl.engine import load_checkpoint, save_checkpoint
-from minimtl.experiments import mtl
+from minimtl.experiments import losses, mtl
 
 
 def test_merge_averages_the_shared_modules_and_takes_each_head_from_its_run(tmp_path):
@@ -60,3 +60,19 @@ def test_protocol_rows_run_every_phase_and_report_every_metric(tmp_path):
     assert "separate, then joint vs semantic only, mIoU" in text
     stored = json.loads((folder / "result.json").read_text())
     assert stored["settings"]["protocol"] == {"finetune_fraction": 0.25, "frozen": ["backbone", "fpn"]}
+
+
+def test_losses_experiment_compares_each_row_with_the_published_losses(tmp_path):
+    rows = [losses.BASELINE, "focal and GIoU"]
+    results = losses.run(seeds=(0, 1), steps=3, num_test=2, out_dir=tmp_path / "runs", rows=rows, log=lambda *a: None)
+    assert list(results) == rows and all(len(runs) == 2 for runs in results.values())
+    focal = results["focal and GIoU"][0]
+    assert {"box_AP", "mask_AP"} <= set(focal) and "mIoU" not in focal  # a Mask R-CNN: no semantic head
+    assert focal["settings"]["row_settings"] == {
+        "detection": True, "masks": True, "semantic": False, "rpn_objectness_loss": "focal",
+        "box_classifier_loss": "focal", "rpn_box_loss": "giou", "box_loss": "giou",
+    }  # fmt: skip
+    text = losses.write_report(results, tmp_path / "losses.md", (0, 1), 3, 2)
+    assert f"- focal and GIoU vs {losses.BASELINE}, box_AP: " in text
+    assert f"- focal and GIoU vs {losses.BASELINE}, mask_AP: " in text
+    assert "## What this experiment can resolve" in text and "| box_AP | 2 |" in text

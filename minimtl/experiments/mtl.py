@@ -78,7 +78,8 @@ def run_one(name: str, row: dict, seed: int, steps: int, num_test: int, out: Pat
     """Train and evaluate one (row, seed); returns (and stores in out/result.json) its metrics."""
     result_path = out / "result.json"
     train = {**TRAIN, "steps": steps}
-    settings = {"row": name, "seed": seed, "steps": steps, "num_test": num_test, "model": MODEL, "train": train}
+    settings = {"row": name, "row_settings": row, "seed": seed, "steps": steps, "num_test": num_test, "model": MODEL,
+                "train": train}  # fmt: skip
     protocol = row.get("protocol")
     if protocol == "joint_then_finetune":
         settings["protocol"] = {"finetune_fraction": FINETUNE_FRACTION, "frozen": FINETUNE_FROZEN}
@@ -290,8 +291,8 @@ def _by_seed(name: str, runs: list[dict]) -> dict:
     return by_seed
 
 
-def differences(results: dict, confidence: float = CONFIDENCE) -> list[Comparison]:
-    """Each joint row against the single-task baseline of each metric (BASELINES), paired by seed.
+def differences(results: dict, confidence: float = CONFIDENCE, baselines: dict = BASELINES) -> list[Comparison]:
+    """Each row against the baseline row of each metric (`baselines`: metric -> row), paired by seed.
 
     Seed s of every row uses the same data order and initialisation seed, so the rows are compared seed by
     seed: d_s = joint_s - baseline_s, and the mean d̄ with its interval d̄ ± t_{(1+c)/2, n-1} s_d / √n
@@ -299,9 +300,9 @@ def differences(results: dict, confidence: float = CONFIDENCE) -> list[Compariso
     """
     out = []
     for name, runs in results.items():
-        if name in BASELINES.values():  # a baseline: what the others are compared with
+        if name in baselines.values():  # a baseline: what the others are compared with
             continue
-        for metric, base in BASELINES.items():
+        for metric, base in baselines.items():
             if base not in results or not runs or metric not in runs[0]:
                 continue
             mine, theirs = _by_seed(name, runs), _by_seed(base, results[base])
@@ -341,12 +342,13 @@ def unpaired_differences(table: dict, results: dict) -> list[tuple[str, str, flo
     return out
 
 
-def verdict(comparisons: list[Comparison]) -> str:
-    """The answer in a paragraph: did joint training help, on which metric, by how much."""
+def verdict(comparisons: list[Comparison], baselines: dict = BASELINES, subject: str = "Joint training",
+            rows: str = "joint rows") -> str:  # fmt: skip
+    """The answer in a paragraph: did `subject` (joint training) help, on which metric, by how much."""
     if not comparisons:
-        return "No joint row and baseline to compare."
+        return f"No {rows[:-1]} and baseline to compare."
     lines = []
-    for metric, base in BASELINES.items():
+    for metric, base in baselines.items():
         mine = [c for c in comparisons if c.metric == metric]
         if not mine:
             continue
@@ -354,17 +356,17 @@ def verdict(comparisons: list[Comparison]) -> str:
         worse = sum(c.verdict == "worse" for c in mine)
         lo, hi = min(c.paired.mean for c in mine), max(c.paired.mean for c in mine)
         lines.append(
-            f"{metric} against {base}: joint rows differ by {lo:+.3f} to {hi:+.3f} (paired means); better in "
+            f"{metric} against {base}: {rows} differ by {lo:+.3f} to {hi:+.3f} (paired means); better in "
             f"{better}, worse in {worse}, cannot tell in {len(mine) - better - worse} of {len(mine)}."
         )
     better = sum(c.verdict == "better" for c in comparisons)
     worse = sum(c.verdict == "worse" for c in comparisons)
     total = len(comparisons)
     if better and not worse:
-        overall = f"Joint training helped here: in {better} of {total} comparisons the {_LEVEL} interval is above 0, "
+        overall = f"{subject} helped here: in {better} of {total} comparisons the {_LEVEL} interval is above 0, "
         overall += "in none below."
     elif worse and not better:
-        overall = f"Joint training hurt here: in {worse} of {total} comparisons the {_LEVEL} interval is below 0, "
+        overall = f"{subject} hurt here: in {worse} of {total} comparisons the {_LEVEL} interval is below 0, "
         overall += "in none above."
     elif better or worse:
         overall = (
@@ -395,7 +397,7 @@ def compare(table: dict, comparisons: list[Comparison]) -> list[str]:
     return statements
 
 
-def resolvable(comparisons: list[Comparison], target: float = TARGET) -> list[str]:
+def resolvable(comparisons: list[Comparison], target: float = TARGET, baselines: dict = BASELINES) -> list[str]:
     """What the experiment can resolve, per metric: the largest s_d among its comparisons, the half-width
     t_{(1+c)/2, n-1} s_d / √n it gives at the n seeds run (stats.resolvable_difference), and the seeds that
     would bring the half-width down to `target` (stats.seeds_needed)."""
@@ -403,7 +405,7 @@ def resolvable(comparisons: list[Comparison], target: float = TARGET) -> list[st
         f"| metric | seeds | largest s_d (comparison) | resolvable difference | seeds needed for {target} |",
         "|---|---|---|---|---|",
     ]
-    for metric in BASELINES:
+    for metric in baselines:
         mine = [c for c in comparisons if c.metric == metric]
         if not mine:
             continue
