@@ -144,12 +144,16 @@ def cmd_experiment(args) -> int:
         unknown = set(args.rows) - {name for name, _ in experiment.ROWS}
         if unknown:
             raise UsageError(f"--rows: unknown {sorted(unknown)}; the rows are {[name for name, _ in experiment.ROWS]}")
-    out_dir = args.out_dir or f"runs/{args.name}"
-    report = args.report or f"docs/{args.name}_experiment.md"
+    out_dir, report = experiment_paths(args)
     results = experiment.run(seeds, steps, num_test, out_dir, rows=args.rows)
     text = experiment.write_report(results, Path(report), seeds, steps, num_test)
     print(text)
     return 0
+
+
+def experiment_paths(args) -> tuple[str, str]:
+    """(--out-dir, --report) of `experiment NAME`, their defaults filled in: runs/NAME, docs/NAME_experiment.md."""
+    return args.out_dir or f"runs/{args.name}", args.report or f"docs/{args.name}_experiment.md"
 
 
 def cmd_data_convert(args) -> int:

@@ -21,6 +21,7 @@ from exercises.common import has_keys as _keys
 from exercises.common import keeps_global_rng as _keeps_global_rng
 from exercises.common import number as _number
 from minimtl import ops
+from minimtl.cli import experiment_paths
 from minimtl.cli import parser as command_line
 from minimtl.data import ShapesDataset
 from minimtl.losses import MultiTaskLoss, pcgrad_backward, sigmoid_focal_loss
@@ -231,13 +232,14 @@ def exercise_7(arguments) -> None:
     )
     assert args.seeds == [0, 1], f"exercise 7: the seeds are 0 and 1, got {args.seeds}"
     assert args.steps == 200 and not args.fast, f"exercise 7: 200 steps (and not --fast), got {args.steps}"
-    defaults = command_line().parse_args(["experiment", "mtl"])
-    assert Path(args.report).resolve() != Path(defaults.report).resolve(), (
-        f"exercise 7: the report would go to {defaults.report}, over the full experiment's report that section 10.6 "
+    out_dir, report = experiment_paths(args)
+    default_out_dir, default_report = experiment_paths(command_line().parse_args(["experiment", "mtl"]))
+    assert Path(report).resolve() != Path(default_report).resolve(), (
+        f"exercise 7: the report would go to {default_report}, over the full experiment's report that section 10.6 "
         "reads; give it another --report"
     )
-    assert Path(args.out_dir).resolve() != Path(defaults.out_dir).resolve(), (
-        f"exercise 7: the runs would go to {defaults.out_dir}, where they replace the full experiment's runs of the "
+    assert Path(out_dir).resolve() != Path(default_out_dir).resolve(), (
+        f"exercise 7: the runs would go to {default_out_dir}, where they replace the full experiment's runs of the "
         "same rows and seeds; give them another --out-dir"
     )
 
