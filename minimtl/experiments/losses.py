@@ -42,16 +42,8 @@ BASELINES = {"box_AP": BASELINE, "mask_AP": BASELINE}
 def run(seeds=(0, 1, 2), steps: int = mtl.TRAIN["steps"], num_test: int = 200, out_dir="runs/losses", rows=None,
         log=print) -> dict:  # fmt: skip
     """Every row x seed; returns {row name: [result per seed]} (results as mtl.run_one stores them)."""
-    results = {}
-    for name, row in ROWS:
-        if rows is not None and name not in rows:
-            continue
-        results[name] = []
-        for seed in seeds:
-            folder = Path(out_dir) / mtl._slug(name) / f"seed{seed}"
-            log(f"experiment losses: {name}, seed {seed}")
-            results[name].append(mtl.run_one(name, {**mtl.MASK_RCNN, **row}, seed, steps, num_test, folder, log))
-    return results
+    mask_rcnn_rows = [(name, {**mtl.MASK_RCNN, **row}) for name, row in ROWS]
+    return mtl.run_rows(mask_rcnn_rows, "losses", seeds, steps, num_test, out_dir, rows, log)
 
 
 def write_report(results: dict, path: Path, seeds, steps: int, num_test: int) -> str:

@@ -204,14 +204,20 @@ def merge_weights(checkpoints: list[Path]) -> dict[str, torch.Tensor]:
 
 def run(seeds=(0, 1, 2), steps: int = TRAIN["steps"], num_test: int = 200, out_dir="runs/mtl", rows=None, log=print):
     """Every row x seed; returns {row name: [result per seed]}."""
+    return run_rows(ROWS, "mtl", seeds, steps, num_test, out_dir, rows, log)
+
+
+def run_rows(table_rows, experiment: str, seeds, steps: int, num_test: int, out_dir, rows=None, log=print) -> dict:
+    """Each (name, row) of `table_rows` (only those named in `rows`, if given) x seed, with run_one, in
+    out_dir/<row>/seed<s>; returns {row name: [result per seed]}."""
     results = {}
-    for name, row in ROWS:
+    for name, row in table_rows:
         if rows is not None and name not in rows:
             continue
         results[name] = []
         for seed in seeds:
             folder = Path(out_dir) / _slug(name) / f"seed{seed}"
-            log(f"experiment mtl: {name}, seed {seed}")
+            log(f"experiment {experiment}: {name}, seed {seed}")
             results[name].append(run_one(name, row, seed, steps, num_test, folder, log))
     return results
 
