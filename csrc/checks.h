@@ -69,9 +69,10 @@ inline void check_nms_inputs(const char* op, const at::Tensor& boxes, const at::
 }
 
 // rois[:, 0] must hold integer batch indices in [0, batch_size): anything else would read outside
-// the input. Computed with tensor ops, so it works on any device. The CPU kernels call it first;
-// the CUDA kernels test each row themselves (a device-to-host round trip before every launch
-// would cost more than a small RoIAlign) and call it only to name the bad row.
+// the input. Computed with tensor ops, so it works on any device. The CPU kernels call it first.
+// The CUDA kernels do not (the answer would make the host wait for the GPU on every call): each
+// thread skips a bad row itself, and minimtl.ops.roi_align checks a caller's RoIs in Python
+// (minimtl/ops/_checks.py, the same message).
 inline void check_batch_indices(const char* op, const at::Tensor& rois, int64_t batch_size) {
   if (rois.size(0) == 0) return;
   const at::Tensor index = rois.select(1, 0);
