@@ -139,21 +139,62 @@ def cmd_experiment(args) -> int:
     experiment = {"mtl": mtl, "losses": losses}[args.name]
     seeds = args.seeds if args.seeds is not None else ([0] if args.fast else [0, 1, 2])
     steps = args.steps if args.steps is not None else (20 if args.fast else mtl.TRAIN["steps"])
-    num_test = 8 if args.fast else args.num_test_images
     if args.rows:
         unknown = set(args.rows) - {name for name, _ in experiment.ROWS}
         if unknown:
             raise UsageError(f"--rows: unknown {sorted(unknown)}; the rows are {[name for name, _ in experiment.ROWS]}")
+    data = experiment_data(args)
     out_dir, report = experiment_paths(args)
-    results = experiment.run(seeds, steps, num_test, out_dir, rows=args.rows)
-    text = experiment.write_report(results, Path(report), seeds, steps, num_test)
+    results = experiment.run(seeds, steps, data, out_dir, rows=args.rows)
+    text = experiment.write_report(results, Path(report), seeds, steps, data)
     print(text)
     return 0
 
 
+def experiment_data(args) -> config.DataSection:
+    """The data of `experiment NAME`: shapes, or the --coco-* files, checked before any run starts (the files,
+    the images, masks for the semantic targets, the same classes in both files)."""
+    from minimtl.app import run
+    from minimtl.experiments import mtl
+
+    if args.coco_annotations is None:
+        for flag in ("coco_images", "coco_test_annotations", "coco_test_images"):
+            if getattr(args, flag) is not None:
+                raise UsageError(f"--{flag.replace('_', '-')} needs --coco-annotations (the training file)")
+        num_test = args.num_test_images if args.num_test_images is not None else 200
+        return mtl.shapes_data(8 if args.fast else num_test)
+    if args.coco_test_annotations is None:
+        raise UsageError("--coco-annotations needs --coco-test-annotations: every run is evaluated on held-out images")
+    if args.num_test_images is not None:
+        raise UsageError("--num-test-images is for the shapes; with --coco-annotations the test file decides")
+    data = config.DataSection(
+        coco_annotations=args.coco_annotations,
+        coco_images=args.coco_images,
+        coco_test_annotations=args.coco_test_annotations,
+        coco_test_images=args.coco_test_images,
+    )
+    every_head = config.ModelSection(kind="multitask", settings={**mtl.MODEL, "masks": True, "semantic": True})
+    try:
+        _checked(lambda: run.prepare(config.RunConfig(model=every_head, data=data)))
+    except UsageError as error:
+        if "segmentation" in str(error):  # the library's advice (masks=False) is no way out here
+            raise UsageError(
+                f"experiment {args.name} trains mask and semantic heads, which need masks: {error}"
+            ) from None
+        raise
+    return data
+
+
 def experiment_paths(args) -> tuple[str, str]:
-    """(--out-dir, --report) of `experiment NAME`, their defaults filled in: runs/NAME, docs/NAME_experiment.md."""
-    return args.out_dir or f"runs/{args.name}", args.report or f"docs/{args.name}_experiment.md"
+    """(--out-dir, --report) of `experiment NAME`, their defaults filled in: runs/NAME and
+    docs/NAME_experiment.md on the shapes; runs/NAME-DATA and docs/NAME_experiment_DATA.md on COCO files, DATA
+    the training file's folder name (its stem when that is empty)."""
+    suffix = ""
+    if getattr(args, "coco_annotations", None):
+        annotations = Path(args.coco_annotations).resolve()
+        suffix = annotations.parent.name or annotations.stem
+    out_dir = args.out_dir or f"runs/{args.name}" + (f"-{suffix}" if suffix else "")
+    return out_dir, args.report or f"docs/{args.name}_experiment" + (f"_{suffix}" if suffix else "") + ".md"
 
 
 def cmd_data_convert(args) -> int:
@@ -317,11 +358,19 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("name", choices=["mtl", "losses"])
     ex.add_argument("--steps", type=int, help="training steps per run (default 600; 20 with --fast)")
     ex.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2 (0 with --fast)")
-    ex.add_argument("--num-test-images", type=int, default=200)
+    ex.add_argument("--num-test-images", type=int, help="shapes: held-out images (default 200; 8 with --fast)")
+    ex.add_argument(
+        "--coco-annotations",
+        metavar="TRAIN.json",
+        help="COCO-format training data with masks instead of the shapes (needs --coco-test-annotations)",
+    )
+    ex.add_argument("--coco-images", help="the folder the training file's file_names are relative to")
+    ex.add_argument("--coco-test-annotations", metavar="TEST.json", help="the held-out file every run is scored on")
+    ex.add_argument("--coco-test-images", help="the test file's image folder (default: --coco-images)")
     ex.add_argument("--rows", nargs="+", help="only these rows (by name)")
     ex.add_argument("--out-dir", help="one folder per run; finished runs are reused (default runs/NAME)")
     ex.add_argument("--report", help="where to write the report (default docs/NAME_experiment.md)")
-    ex.add_argument("--fast", action="store_true", help="a smoke run: 20 steps, one seed, 8 test images")
+    ex.add_argument("--fast", action="store_true", help="a smoke run: 20 steps, one seed (8 test images on shapes)")
     ex.set_defaults(run=cmd_experiment)
 
     data = sub.add_parser("data", help="data tools: convert VOC, label images or YOLO files to COCO; fetch a dataset")

@@ -275,3 +275,49 @@ def test_predict_memory_does_not_grow_with_the_number_of_images(tmp_path):
         detections[n] = len(json.loads((tmp_path / f"out{n}" / "predictions.json").read_text()))
     assert detections[100] == 100 * 100 and detections[10] == 10 * 100
     assert peaks[100] - peaks[10] < 150, peaks  # holding the masks would add > 580 MB
+
+
+def test_experiment_on_coco_files_with_masks(tmp_path):
+    """`experiment mtl` on a user's COCO files: semantic targets painted from the instance masks, the report
+    names the files, and the runs go to runs/mtl-<folder> unless told otherwise."""
+    train = write_coco(tmp_path / "mine", 4, seed=5, name="train.json")
+    test = write_coco(tmp_path / "mine", 2, seed=6, name="test.json")
+    rows = ["Mask R-CNN (detection + instance)", "semantic only", "joint, fixed equal weights"]
+    report = tmp_path / "report.md"
+    minimtl("experiment", "mtl", "--coco-annotations", train, "--coco-test-annotations", test, "--steps", 2,
+            "--rows", *rows, "--out-dir", tmp_path / "runs", "--report", report)  # fmt: skip
+    text = report.read_text()
+    assert f"training `{train}`" in text and f"held out `{test}`" in text
+    assert "mIoU over background and the classes" in text
+    joint = json.loads((tmp_path / "runs" / "joint__fixed_equal_weights" / "seed0" / "result.json").read_text())
+    assert {"box_AP", "mask_AP", "mIoU"} <= set(joint)
+    assert joint["settings"]["data"]["coco_annotations"] == str(train)
+    assert "joint, fixed equal weights vs semantic only, mIoU" in text
+
+
+def test_experiment_on_coco_files_refuses_what_it_cannot_run(tmp_path):
+    train = write_coco(tmp_path / "mine", 2, seed=5, name="train.json")
+    boxes = write_coco(tmp_path / "boxes", 2, seed=5, masks=None, name="train.json")
+    args = ["experiment", "mtl", "--steps", 1, "--out-dir", tmp_path / "runs", "--report", tmp_path / "r.md"]
+    assert "--coco-annotations needs --coco-test-annotations" in user_error(*args, "--coco-annotations", train)
+    assert "--coco-test-annotations needs --coco-annotations" in user_error(*args, "--coco-test-annotations", train)
+    assert "--num-test-images is for the shapes" in user_error(
+        *args, "--coco-annotations", train, "--coco-test-annotations", train, "--num-test-images", 5
+    )
+    assert "trains mask and semantic heads, which need masks" in user_error(
+        *args, "--coco-annotations", boxes, "--coco-test-annotations", boxes
+    )
+    missing = user_error(*args, "--coco-annotations", tmp_path / "nothing.json", "--coco-test-annotations", train)
+    assert f"{tmp_path / 'nothing.json'} does not exist" in missing
+    assert not (tmp_path / "runs").exists()  # checked before any run starts
+
+
+def test_experiment_paths_name_the_data():
+    from argparse import Namespace
+
+    from minimtl.cli import experiment_paths
+
+    plain = Namespace(name="mtl", out_dir=None, report=None, coco_annotations=None)
+    assert experiment_paths(plain) == ("runs/mtl", "docs/mtl_experiment.md")
+    nuclei = Namespace(name="losses", out_dir=None, report=None, coco_annotations="data/nuclei/train.json")
+    assert experiment_paths(nuclei) == ("runs/losses-nuclei", "docs/losses_experiment_nuclei.md")

@@ -38,7 +38,9 @@ def test_split_keeps_both_phases():
 def test_protocol_rows_run_every_phase_and_report_every_metric(tmp_path):
     rows = ["detection only", "Mask R-CNN (detection + instance)", "semantic only", "joint, then fine-tuned per task",
             "separate, then joint"]  # fmt: skip
-    results = mtl.run(seeds=(0,), steps=4, num_test=2, out_dir=tmp_path / "runs", rows=rows, log=lambda *a: None)
+    results = mtl.run(
+        seeds=(0,), steps=4, data=mtl.shapes_data(2), out_dir=tmp_path / "runs", rows=rows, log=lambda *a: None
+    )
     finetuned = results["joint, then fine-tuned per task"][0]
     assert {"box_AP", "mask_AP", "mIoU"} <= set(finetuned) and finetuned["phases"] == {"joint": 3, "finetune": 1}
     folder = tmp_path / "runs" / "joint__then_fine_tuned_per_task" / "seed0"
@@ -55,7 +57,7 @@ def test_protocol_rows_run_every_phase_and_report_every_metric(tmp_path):
     assert {"box_AP", "mask_AP", "mIoU"} <= set(separate) and separate["phases"] == {"alone": 2, "joint": 2}
     merged = torch.load(tmp_path / "runs" / "separate__then_joint" / "seed0" / "merged.pt")
     assert any(k.startswith("semantic_head.") for k in merged) and any(k.startswith("roi_heads.") for k in merged)
-    text = mtl.write_report(results, tmp_path / "mtl.md", (0,), 4, 2)
+    text = mtl.write_report(results, tmp_path / "mtl.md", (0,), 4, mtl.shapes_data(2))
     assert "joint, then fine-tuned per task: the joint network (fixed equal weights) for 3 steps" in text
     assert "separate, then joint vs semantic only, mIoU" in text
     stored = json.loads((folder / "result.json").read_text())
@@ -64,7 +66,9 @@ def test_protocol_rows_run_every_phase_and_report_every_metric(tmp_path):
 
 def test_losses_experiment_compares_each_row_with_the_published_losses(tmp_path):
     rows = [losses.BASELINE, "focal and GIoU"]
-    results = losses.run(seeds=(0, 1), steps=3, num_test=2, out_dir=tmp_path / "runs", rows=rows, log=lambda *a: None)
+    results = losses.run(
+        seeds=(0, 1), steps=3, data=mtl.shapes_data(2), out_dir=tmp_path / "runs", rows=rows, log=lambda *a: None
+    )
     assert list(results) == rows and all(len(runs) == 2 for runs in results.values())
     focal = results["focal and GIoU"][0]
     assert {"box_AP", "mask_AP"} <= set(focal) and "mIoU" not in focal  # a Mask R-CNN: no semantic head
@@ -72,7 +76,7 @@ def test_losses_experiment_compares_each_row_with_the_published_losses(tmp_path)
         "detection": True, "masks": True, "semantic": False, "rpn_objectness_loss": "focal",
         "box_classifier_loss": "focal", "rpn_box_loss": "giou", "box_loss": "giou",
     }  # fmt: skip
-    text = losses.write_report(results, tmp_path / "losses.md", (0, 1), 3, 2)
+    text = losses.write_report(results, tmp_path / "losses.md", (0, 1), 3, mtl.shapes_data(2))
     assert f"- focal and GIoU vs {losses.BASELINE}, box_AP: " in text
     assert f"- focal and GIoU vs {losses.BASELINE}, mask_AP: " in text
     assert "## What this experiment can resolve" in text and "| box_AP | 2 |" in text

@@ -4,8 +4,9 @@ be part of it (chapter 8, section 8.6).
     python -m minimtl experiment losses         # every row, 3 seeds, writes docs/losses_experiment.md
 
 Every row trains the MTL experiment's network as a Mask R-CNN (detection + instance masks; the
-demo's small ResNet-18-FPN, minimtl/experiments/mtl.py's MODEL) on the same synthetic shapes with
-the same budget; only the detector's losses change (minimtl/modeling/rpn.py and roi_heads.py):
+demo's small ResNet-18-FPN, minimtl/experiments/mtl.py's MODEL) on the same data (the synthetic
+shapes, or COCO-format files with masks, as in the MTL experiment) with the same budget; only the
+detector's losses change (minimtl/modeling/rpn.py and roi_heads.py):
 
   * as published: binary cross-entropy for the RPN's objectness over 256 sampled anchors, softmax
     cross-entropy for the box classifier, smooth L1 on the box deltas of both (He et al., 2017);
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from minimtl.app.config import DataSection
 from minimtl.experiments import mtl
 
 FOCAL = dict(rpn_objectness_loss="focal", box_classifier_loss="focal")
@@ -39,14 +41,15 @@ ROWS = [
 BASELINES = {"box_AP": BASELINE, "mask_AP": BASELINE}
 
 
-def run(seeds=(0, 1, 2), steps: int = mtl.TRAIN["steps"], num_test: int = 200, out_dir="runs/losses", rows=None,
-        log=print) -> dict:  # fmt: skip
-    """Every row x seed; returns {row name: [result per seed]} (results as mtl.run_one stores them)."""
+def run(seeds=(0, 1, 2), steps: int = mtl.TRAIN["steps"], data: DataSection | None = None, out_dir="runs/losses",
+        rows=None, log=print) -> dict:  # fmt: skip
+    """Every row x seed on `data` (default: mtl.shapes_data()); returns {row name: [result per seed]} (results
+    as mtl.run_one stores them)."""
     mask_rcnn_rows = [(name, {**mtl.MASK_RCNN, **row}) for name, row in ROWS]
-    return mtl.run_rows(mask_rcnn_rows, "losses", seeds, steps, num_test, out_dir, rows, log)
+    return mtl.run_rows(mask_rcnn_rows, "losses", seeds, steps, data or mtl.shapes_data(), out_dir, rows, log)
 
 
-def write_report(results: dict, path: Path, seeds, steps: int, num_test: int) -> str:
+def write_report(results: dict, path: Path, seeds, steps: int, data: DataSection) -> str:
     """The table, the settings, each row against the published losses (paired by seed) and what the seeds
     resolve, written to `path`; returns the text."""
     table = mtl.summary(results)
@@ -63,8 +66,7 @@ def write_report(results: dict, path: Path, seeds, steps: int, num_test: int) ->
         "",
         "## Settings",
         "",
-        f"- Data: synthetic shapes (`ShapesDataset`, 128 × 128, training seed 0 with flips and colour jitter); "
-        f"{num_test} held-out images (seed {mtl.TEST_SEED}).",
+        mtl.data_line(data),
         f"- Training, the same for every run: {steps} steps of {train['batch_size']} images, {train['optimizer']} "
         f"lr {train['lr']}, weight decay {train['weight_decay']}, {train['warmup_steps']} warm-up steps, "
         f"{train['schedule']} schedule, gradient clipping at {train['grad_clip']}.",

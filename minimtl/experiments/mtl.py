@@ -4,9 +4,15 @@ segmentation (and image classification) together, L = sum_i alpha_i L_i, beat tr
     python -m minimtl experiment mtl            # every row, 3 seeds, writes docs/mtl_experiment.md
 
 Every row trains the same network (minimtl.models.MultiTaskRCNN, the demo's small ResNet-18-FPN)
-on the same synthetic shapes with the same budget (steps, batch, optimiser, schedule); only the
-heads that are on and the loss weighting change. Each run is evaluated on the same held-out
-images: box AP, mask AP (COCO's, minimtl.evaluation), semantic mIoU, and the image head's mAP.
+on the same data with the same budget (steps, batch, optimiser, schedule); only the heads that are
+on and the loss weighting change. Each run is evaluated on the same held-out images: box AP, mask
+AP (COCO's, minimtl.evaluation), semantic mIoU, and the image head's mAP. The data are the
+synthetic shapes, or COCO-format files with masks (`--coco-annotations ... --coco-test-annotations
+...`; the semantic targets are painted from the instance masks, as `train` does):
+
+    python -m minimtl data fetch nuclei --out data/nuclei
+    python -m minimtl experiment mtl --coco-annotations data/nuclei/train.json \
+        --coco-test-annotations data/nuclei/test.json
 
 Two rows follow the article's protocols, in phases, each reported model having seen the same
 `steps` updates as any other row's:
@@ -23,6 +29,7 @@ A finished run leaves result.json in its folder and is not run again, so an inte
 experiment continues where it stopped.
 """
 
+import dataclasses
 import json
 import math
 import statistics
@@ -74,11 +81,34 @@ TRAIN = {**SMALL_TRAIN, "steps": 600, "checkpoint_every": 250, "progress": False
 TEST_SEED = app.SHAPES_TEST_SEED  # the demo's held-out images
 
 
-def run_one(name: str, row: dict, seed: int, steps: int, num_test: int, out: Path, log=print) -> dict:
-    """Train and evaluate one (row, seed); returns (and stores in out/result.json) its metrics."""
+def shapes_data(num_test: int = 200) -> DataSection:
+    """The demo's synthetic shapes, 128 x 128, with `num_test` held-out images."""
+    return DataSection(image_size=128, min_size=128, max_size=128, num_test_images=num_test)
+
+
+def data_settings(data: DataSection) -> dict:
+    """What a run's result.json records of its data (for shapes, the held-out count alone, as it always has)."""
+    if not data.is_coco:
+        return {"num_test": data.num_test_images}
+    return {"data": {k: v for k, v in dataclasses.asdict(data).items() if k.startswith("coco_") or k.endswith("_size")}}
+
+
+def data_line(data: DataSection) -> str:
+    """The report's "Data:" line."""
+    if not data.is_coco:
+        return (f"- Data: synthetic shapes (`ShapesDataset`, 128 × 128, training seed 0 with flips and colour jitter); "
+                f"{data.num_test_images} held-out images (seed {TEST_SEED}).")  # fmt: skip
+    return (f"- Data: COCO-format files, training `{data.coco_annotations}` (images in "
+            f"`{data.coco_images or Path(data.coco_annotations).parent}`, flips and colour jitter), held out "
+            f"`{data.coco_test_annotations}`; semantic targets painted from the instance masks "
+            "(`minimtl.data.CocoDataset`, semantic=True); image sizes from the data.")  # fmt: skip
+
+
+def run_one(name: str, row: dict, seed: int, steps: int, data: DataSection, out: Path, log=print) -> dict:
+    """Train and evaluate one (row, seed) on `data`; returns (and stores in out/result.json) its metrics."""
     result_path = out / "result.json"
     train = {**TRAIN, "steps": steps}
-    settings = {"row": name, "row_settings": row, "seed": seed, "steps": steps, "num_test": num_test, "model": MODEL,
+    settings = {"row": name, "row_settings": row, "seed": seed, "steps": steps, **data_settings(data), "model": MODEL,
                 "train": train}  # fmt: skip
     protocol = row.get("protocol")
     if protocol == "joint_then_finetune":
@@ -90,18 +120,18 @@ def run_one(name: str, row: dict, seed: int, steps: int, num_test: int, out: Pat
         if stored.get("settings") == json.loads(json.dumps(settings)):
             return stored
     if protocol == "joint_then_finetune":
-        result = joint_then_finetune(seed, steps, num_test, out, log)
+        result = joint_then_finetune(seed, steps, data, out, log)
     elif protocol == "separate_then_joint":
-        result = separate_then_joint(seed, steps, num_test, out, log)
+        result = separate_then_joint(seed, steps, data, out, log)
     else:
-        report = train_phase(row, seed, steps, num_test, out, log)
+        report = train_phase(row, seed, steps, data, out, log)
         result = {"train_seconds": report["train_seconds"], "weights": report["loss_weights"], **metrics(report)}
     result = {"settings": settings, **result}
     result_path.write_text(json.dumps(result, indent=1))
     return result
 
 
-def train_phase(row: dict, seed: int, steps: int, num_test: int, out: Path, log=print, init_weights=None,
+def train_phase(row: dict, seed: int, steps: int, data: DataSection, out: Path, log=print, init_weights=None,
                 frozen=()) -> dict:  # fmt: skip
     """One training run of the experiment's model with `row`'s heads and weighting; its report."""
     row = dict(row)
@@ -117,7 +147,7 @@ def train_phase(row: dict, seed: int, steps: int, num_test: int, out: Path, log=
         train=TrainConfig(
             **{**TRAIN, "steps": steps, "warmup_steps": warmup, "seed": seed, "pcgrad": pcgrad, "output_dir": str(out)}
         ),  # fmt: skip
-        data=DataSection(image_size=128, min_size=128, max_size=128, num_test_images=num_test),
+        data=data,
     )
     return app.train(run, log=log)
 
@@ -142,7 +172,7 @@ def _split(steps: int, fraction: float) -> tuple[int, int]:
     return steps - second, second
 
 
-def joint_then_finetune(seed: int, steps: int, num_test: int, out: Path, log=print) -> dict:
+def joint_then_finetune(seed: int, steps: int, data: DataSection, out: Path, log=print) -> dict:
     """The article's "joint training": the whole network on all tasks, then each task fine-tuned alone.
 
     Phase 1: the joint network with fixed equal weights, (1 - FINETUNE_FRACTION) of the steps. Phase 2, per
@@ -151,18 +181,18 @@ def joint_then_finetune(seed: int, steps: int, num_test: int, out: Path, log=pri
     alone. Each metric comes from the model fine-tuned for it.
     """
     first, second = _split(steps, FINETUNE_FRACTION)
-    joint = train_phase(dict(loss_strategy="fixed"), seed, first, num_test, out / "joint", log)
+    joint = train_phase(dict(loss_strategy="fixed"), seed, first, data, out / "joint", log)
     seconds = joint["train_seconds"]
     result = {"weights": joint["loss_weights"], "phases": {"joint": first, "finetune": second}}
     for metric, heads in (("box_AP", DETECTION), ("mask_AP", MASK_RCNN), ("mIoU", SEMANTIC)):
-        report = train_phase(heads, seed, second, num_test, out / f"finetune_{metric}", log,
+        report = train_phase(heads, seed, second, data, out / f"finetune_{metric}", log,
                              init_weights=out / "joint" / "last.pt", frozen=FINETUNE_FROZEN)  # fmt: skip
         seconds += report["train_seconds"]
         result[metric] = metrics(report)[metric]
     return {"train_seconds": seconds, **result}
 
 
-def separate_then_joint(seed: int, steps: int, num_test: int, out: Path, log=print) -> dict:
+def separate_then_joint(seed: int, steps: int, data: DataSection, out: Path, log=print) -> dict:
     """The article's "separate training": each task trained alone, then the resulting models jointly.
 
     Phase 1: Mask R-CNN (detection + instance: a mask head needs the detector) and semantic segmentation,
@@ -173,10 +203,10 @@ def separate_then_joint(seed: int, steps: int, num_test: int, out: Path, log=pri
     first, second = _split(steps, SEPARATE_FRACTION)
     seconds = 0.0
     for name, heads in (("alone_mask_rcnn", MASK_RCNN), ("alone_semantic", SEMANTIC)):
-        seconds += train_phase(heads, seed, first, num_test, out / name, log)["train_seconds"]
+        seconds += train_phase(heads, seed, first, data, out / name, log)["train_seconds"]
     merged = out / "merged.pt"
     torch.save(merge_weights([out / "alone_mask_rcnn" / "last.pt", out / "alone_semantic" / "last.pt"]), merged)
-    report = train_phase(dict(loss_strategy="fixed"), seed, second, num_test, out / "joint", log, init_weights=merged)
+    report = train_phase(dict(loss_strategy="fixed"), seed, second, data, out / "joint", log, init_weights=merged)
     return {"train_seconds": seconds + report["train_seconds"], "weights": report["loss_weights"],
             "phases": {"alone": first, "joint": second}, **metrics(report)}  # fmt: skip
 
@@ -202,12 +232,13 @@ def merge_weights(checkpoints: list[Path]) -> dict[str, torch.Tensor]:
     return merged
 
 
-def run(seeds=(0, 1, 2), steps: int = TRAIN["steps"], num_test: int = 200, out_dir="runs/mtl", rows=None, log=print):
-    """Every row x seed; returns {row name: [result per seed]}."""
-    return run_rows(ROWS, "mtl", seeds, steps, num_test, out_dir, rows, log)
+def run(seeds=(0, 1, 2), steps: int = TRAIN["steps"], data: DataSection | None = None, out_dir="runs/mtl", rows=None,
+        log=print) -> dict:  # fmt: skip
+    """Every row x seed on `data` (default: shapes_data()); returns {row name: [result per seed]}."""
+    return run_rows(ROWS, "mtl", seeds, steps, data or shapes_data(), out_dir, rows, log)
 
 
-def run_rows(table_rows, experiment: str, seeds, steps: int, num_test: int, out_dir, rows=None, log=print) -> dict:
+def run_rows(table_rows, experiment: str, seeds, steps: int, data: DataSection, out_dir, rows=None, log=print) -> dict:
     """Each (name, row) of `table_rows` (only those named in `rows`, if given) x seed, with run_one, in
     out_dir/<row>/seed<s>; returns {row name: [result per seed]}."""
     results = {}
@@ -218,7 +249,7 @@ def run_rows(table_rows, experiment: str, seeds, steps: int, num_test: int, out_
         for seed in seeds:
             folder = Path(out_dir) / _slug(name) / f"seed{seed}"
             log(f"experiment {experiment}: {name}, seed {seed}")
-            results[name].append(run_one(name, row, seed, steps, num_test, folder, log))
+            results[name].append(run_one(name, row, seed, steps, data, folder, log))
     return results
 
 
@@ -462,7 +493,7 @@ def protocol_lines(results: dict, steps: int) -> list[str]:
     return lines
 
 
-def write_report(results: dict, path: Path, seeds, steps: int, num_test: int, conclusion: str = "") -> str:
+def write_report(results: dict, path: Path, seeds, steps: int, data: DataSection, conclusion: str = "") -> str:
     """Write the report (the table, the settings, the paired comparisons, what the seeds resolve) to path;
     returns its text. Raises ValueError, before writing, when a joint row and its baseline ran different seeds."""
     table = summary(results)
@@ -478,8 +509,7 @@ def write_report(results: dict, path: Path, seeds, steps: int, num_test: int, co
         "",
         "## Settings",
         "",
-        f"- Data: synthetic shapes (`ShapesDataset`, 128 × 128, training seed 0 with flips and colour jitter); "
-        f"{num_test} held-out images (seed {TEST_SEED}).",
+        data_line(data),
         f"- Training, the same for every run: {steps} steps of {TRAIN['batch_size']} images, "
         f"{TRAIN['optimizer']} lr {TRAIN['lr']}, weight decay {TRAIN['weight_decay']}, {TRAIN['warmup_steps']} "
         f"warm-up steps, {TRAIN['schedule']} schedule, gradient clipping at {TRAIN['grad_clip']}.",
@@ -487,9 +517,10 @@ def write_report(results: dict, path: Path, seeds, steps: int, num_test: int, co
         + "; ".join(f"{name}: `{json.dumps(row)}`" for name, row in ROWS if name in results and "protocol" not in row)
         + ".",
         *protocol_lines(results, steps),
-        "- Box and mask AP are COCO's AP@[.5:.95] (`minimtl.evaluation.evaluate`); mIoU over background, "
-        "circle, square and triangle (`minimtl.evaluation.mean_iou`); image mAP the mean over the classes of "
-        'the AP of the image head\'s scores for "the class is in the image" (`minimtl.evaluation.classification`).',
+        "- Box and mask AP are COCO's AP@[.5:.95] (`minimtl.evaluation.evaluate`); mIoU over background and "
+        f"{'the classes' if data.is_coco else 'circle, square and triangle'} (`minimtl.evaluation.mean_iou`); "
+        "image mAP the mean over the classes of the AP of the image head's scores for "
+        '"the class is in the image" (`minimtl.evaluation.classification`).',
         "- Time per run: the wall-clock training time (evaluation excluded); anything else running on the "
         "machine at the same time inflates it.",
         "- Seed s of every row uses the same data order and initialisation seed, so each joint row is compared with "
@@ -521,6 +552,8 @@ def write_report(results: dict, path: Path, seeds, steps: int, num_test: int, co
 
 __all__ = [
     "ROWS",
+    "data_line",
+    "shapes_data",
     "Comparison",
     "differences",
     "run",
