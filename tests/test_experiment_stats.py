@@ -203,7 +203,7 @@ def test_rows_run_with_other_seeds_are_refused(tmp_path):
     ):
         mtl.differences(results)
     with pytest.raises(ValueError, match="same seeds"):
-        mtl.write_report(results, tmp_path / "mtl.md", [0, 1, 2], 600, 200)
+        mtl.write_report(results, tmp_path / "mtl.md", [0, 1, 2], 600, mtl.shapes_data(200))
     assert not (tmp_path / "mtl.md").exists()
     del results["semantic only"][0]["settings"]
     with pytest.raises(ValueError, match=r"'semantic only': a result without settings\['seed'\]"):
@@ -212,7 +212,7 @@ def test_rows_run_with_other_seeds_are_refused(tmp_path):
 
 def test_report_states_the_paired_intervals_and_what_it_can_resolve(tmp_path):
     results = fabricated()
-    text = mtl.write_report(results, tmp_path / "out" / "mtl.md", [0, 1, 2], 600, 200)
+    text = mtl.write_report(results, tmp_path / "out" / "mtl.md", [0, 1, 2], 600, mtl.shapes_data(200))
     assert (tmp_path / "out" / "mtl.md").read_text() == text + "\n"
     assert "| joint, unsure | 0.467 ± 0.025 | 0.443 ± 0.038 | 0.443 ± 0.023 | 101 s |" in text  # the table stays
     assert "seed by seed" in text and "twice its standard error" not in text
@@ -236,7 +236,7 @@ def test_report_states_the_paired_intervals_and_what_it_can_resolve(tmp_path):
 
 
 def test_report_with_one_seed_says_it_cannot_tell(tmp_path):
-    text = mtl.write_report(fabricated(seeds=(5,)), tmp_path / "mtl.md", [5], 20, 8)
+    text = mtl.write_report(fabricated(seeds=(5,)), tmp_path / "mtl.md", [5], 20, mtl.shapes_data(8))
     assert text.count(": cannot tell.") == 6 and "one pair: no spread between seeds, so no interval" in text
     assert "| box_AP | 1 | – (one seed: no spread) |" in text
     assert "Neither confirmed nor refuted at this budget: none of the 6 comparisons" in text
