@@ -368,8 +368,10 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--coco-test-annotations", metavar="TEST.json", help="the held-out file every run is scored on")
     ex.add_argument("--coco-test-images", help="the test file's image folder (default: --coco-images)")
     ex.add_argument("--rows", nargs="+", help="only these rows (by name)")
-    ex.add_argument("--out-dir", help="one folder per run; finished runs are reused (default runs/NAME)")
-    ex.add_argument("--report", help="where to write the report (default docs/NAME_experiment.md)")
+    ex.add_argument("--out-dir", help="one folder per run; finished runs are reused (default runs/NAME, or "
+                    "runs/NAME-DATA on COCO files, DATA the training file's folder)")  # fmt: skip
+    ex.add_argument("--report", help="where to write the report (default docs/NAME_experiment.md, or "
+                    "docs/NAME_experiment_DATA.md on COCO files)")  # fmt: skip
     ex.add_argument("--fast", action="store_true", help="a smoke run: 20 steps, one seed (8 test images on shapes)")
     ex.set_defaults(run=cmd_experiment)
 
