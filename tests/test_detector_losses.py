@@ -181,6 +181,37 @@ def test_box_head_iou_losses_on_the_decoded_true_class_boxes(name):
     torch.testing.assert_close(loss, IOU_LOSSES[name](decoded, gt, reduction="sum") / 5, atol=0, rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", BOX_LOSSES)
+def test_box_loss_weight_scales_the_box_term_of_both_stages_only(name):
+    """box_loss_weight w: the box term is w times the unweighted one, the other terms and the gradients of
+    the classification logits unchanged; w = 0 leaves the box deltas without gradient."""
+    objectness, deltas = rpn_inputs(2)
+    torch.manual_seed(3)
+    plain = small_rpn(box_loss=name).losses(ANCHORS, objectness, deltas, RPN_TARGETS)
+    torch.manual_seed(3)  # the same sample
+    scaled = small_rpn(box_loss=name, box_loss_weight=10.0).losses(ANCHORS, objectness, deltas, RPN_TARGETS)
+    torch.testing.assert_close(scaled["loss_rpn_box_reg"], 10 * plain["loss_rpn_box_reg"], atol=0, rtol=1e-6)
+    torch.testing.assert_close(scaled["loss_objectness"], plain["loss_objectness"], atol=0, rtol=0)
+    class_logits, roi_deltas = roi_inputs(3)
+    plain = roi_losses(small_roi_heads(box_loss=name), class_logits, roi_deltas)
+    scaled = roi_losses(small_roi_heads(box_loss=name, box_loss_weight=12.0), class_logits, roi_deltas)
+    torch.testing.assert_close(scaled["loss_box_reg"], 12 * plain["loss_box_reg"], atol=0, rtol=1e-6)
+    torch.testing.assert_close(scaled["loss_classifier"], plain["loss_classifier"], atol=0, rtol=0)
+    off = roi_losses(small_roi_heads(box_loss=name, box_loss_weight=0.0), class_logits, roi_deltas)
+    assert off["loss_box_reg"] == 0
+    sum(off.values()).backward()
+    assert (roi_deltas.grad == 0).all() and class_logits.grad.abs().sum() > 0
+
+
+def test_box_loss_weights_reach_both_stages_from_the_config():
+    model = models.fasterrcnn_resnet18_fpn(3, **TINY, rpn_box_loss_weight=0.5, box_loss_weight=10)
+    assert (model.rpn.box_loss_weight, model.roi_heads.box_loss_weight) == (0.5, 10)
+    with pytest.raises(ValueError, match="^rpn: box_loss_weight must be a finite number >= 0, got -1.0$"):
+        small_rpn(box_loss_weight=-1.0)
+    with pytest.raises(ValueError, match="^roi_heads: box_loss_weight must be a finite number >= 0, got inf$"):
+        small_roi_heads(box_loss_weight=math.inf)
+
+
 def test_focal_classifier_is_one_vs_all_over_the_foreground_classes():
     class_logits, deltas = roi_inputs(2)
     one_hot = torch.tensor([[0.0, 1, 0], [0, 0, 0], [1, 0, 0], [0, 0, 0], [0, 0, 0]])  # classes 1..3; background 0s
@@ -317,6 +348,9 @@ def test_focal_and_iou_losses_without_objects_are_finite(one_thread):
         ("focal_prior", 0.0, r"focal_prior must be in \(0, 1\), got 0.0"),
         ("focal_prior", 1.0, r"focal_prior must be in \(0, 1\), got 1.0"),
         ("focal_prior", float("nan"), r"focal_prior must be in \(0, 1\), got nan"),
+        ("box_loss_weight", -0.5, "box_loss_weight must be a finite number >= 0, got -0.5"),
+        ("rpn_box_loss_weight", float("nan"), "rpn_box_loss_weight must be a finite number >= 0, got nan"),
+        ("box_loss_weight", float("inf"), "box_loss_weight must be a finite number >= 0, got inf"),
     ],
 )
 def test_bad_loss_settings_name_the_field(field, value, message):

@@ -65,7 +65,7 @@ def test_protocol_rows_run_every_phase_and_report_every_metric(tmp_path):
 
 
 def test_losses_experiment_compares_each_row_with_the_published_losses(tmp_path):
-    rows = [losses.BASELINE, "focal and GIoU"]
+    rows = [losses.BASELINE, "focal and GIoU", "GIoU in the box head, weight 10"]
     results = losses.run(
         seeds=(0, 1), steps=3, data=mtl.shapes_data(2), out_dir=tmp_path / "runs", rows=rows, log=lambda *a: None
     )
@@ -76,6 +76,9 @@ def test_losses_experiment_compares_each_row_with_the_published_losses(tmp_path)
         "detection": True, "masks": True, "semantic": False, "rpn_objectness_loss": "focal",
         "box_classifier_loss": "focal", "rpn_box_loss": "giou", "box_loss": "giou",
     }  # fmt: skip
+    weighted = json.loads((tmp_path / "runs" / "giou_in_the_box_head__weight_10" / "seed0" / "config.json").read_text())
+    assert (weighted["model"]["box_loss"], weighted["model"]["box_loss_weight"]) == ("giou", 10.0)
+    assert (weighted["model"]["rpn_box_loss"], weighted["model"]["rpn_box_loss_weight"]) == ("smooth_l1", 1.0)
     text = losses.write_report(results, tmp_path / "losses.md", (0, 1), 3, mtl.shapes_data(2))
     assert f"- focal and GIoU vs {losses.BASELINE}, box_AP: " in text
     assert f"- focal and GIoU vs {losses.BASELINE}, mask_AP: " in text

@@ -14,7 +14,11 @@ detector's losses change (minimtl/modeling/rpn.py and roi_heads.py):
     (a sigmoid per class), with the prior bias initialisation (Lin et al., 2017);
   * GIoU / CIoU: the IoU-family losses on the decoded boxes of both stages (Rezatofighi et al., 2019;
     Zheng et al., 2020);
-  * the list's combination: focal and GIoU together.
+  * the list's combination: focal and GIoU together;
+  * GIoU / CIoU in the box head only, scaled as mmdetection's Faster R-CNN configurations scale them
+    (box_loss_weight 10 and 12; the RPN keeps smooth L1): 1 - IoU is at most 2 and its gradients are
+    smaller than smooth L1's on the (10, 10, 5, 5)-weighted deltas, so at weight 1 the rows above also
+    change how much the box term counts against the classifier.
 
 Each row is compared with the published losses on box AP and mask AP, paired by seed, as the MTL
 experiment does (minimtl.experiments.stats). A finished run is not run again.
@@ -37,6 +41,8 @@ ROWS = [
     ("GIoU box losses", dict(rpn_box_loss="giou", box_loss="giou")),
     ("CIoU box losses", dict(rpn_box_loss="ciou", box_loss="ciou")),
     ("focal and GIoU", dict(**FOCAL, rpn_box_loss="giou", box_loss="giou")),
+    ("GIoU in the box head, weight 10", dict(box_loss="giou", box_loss_weight=10.0)),
+    ("CIoU in the box head, weight 12", dict(box_loss="ciou", box_loss_weight=12.0)),
 ]
 BASELINES = {"box_AP": BASELINE, "mask_AP": BASELINE}
 

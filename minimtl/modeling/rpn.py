@@ -27,6 +27,8 @@ ICCV 2017, section 3). Focal and the IoU family are options, each replacing one 
   box_loss "giou" | "diou" | "ciou" (box.py: Rezatofighi et al., CVPR 2019; Zheng et al., AAAI 2020):
       1 - GIoU / DIoU / CIoU of the decoded boxes against their matched ground-truth boxes,
       summed over the positives / sampled count, as smooth L1.
+  1 - IoU is at most 2 and has smaller gradients than smooth L1 on deltas, so IoU-family losses are
+  usually scaled up: box_loss_weight (default 1) multiplies the box term, whichever loss it is.
 
 Shapes: N images, A anchors per cell, level l of Hl x Wl cells; R = sum_l Hl*Wl*A anchors per image;
 G ground-truth boxes; proposals per image (P, 4).
@@ -104,6 +106,7 @@ class RegionProposalNetwork(nn.Module):
         nms_thresh: float = 0.7,
         score_thresh: float = 0.0,
         box_loss: str = "smooth_l1",
+        box_loss_weight: float = 1.0,
         objectness_loss: str = "bce",
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
@@ -112,6 +115,8 @@ class RegionProposalNetwork(nn.Module):
         super().__init__()
         if box_loss not in BOX_LOSSES:
             raise ValueError(f"rpn: box_loss must be {quoted_options(BOX_LOSSES)}, got {box_loss!r}")
+        if not 0 <= box_loss_weight < math.inf:
+            raise ValueError(f"rpn: box_loss_weight must be a finite number >= 0, got {box_loss_weight}")
         if objectness_loss not in ("bce", "focal"):
             raise ValueError(f"rpn: objectness_loss must be 'bce' or 'focal', got {objectness_loss!r}")
         if not 0 < focal_prior < 1:
@@ -124,7 +129,7 @@ class RegionProposalNetwork(nn.Module):
         self.pre_nms_top_n, self.post_nms_top_n = pre_nms_top_n, post_nms_top_n
         self.nms_thresh, self.score_thresh = nms_thresh, score_thresh
         self.min_size = 1e-3
-        self.box_loss = box_loss
+        self.box_loss, self.box_loss_weight = box_loss, box_loss_weight
         self.objectness_loss, self.focal_alpha, self.focal_gamma = objectness_loss, focal_alpha, focal_gamma
         if objectness_loss == "focal":  # every anchor starts at probability focal_prior; weights as before
             nn.init.constant_(head.objectness.bias, prior_bias(focal_prior))
@@ -213,7 +218,7 @@ class RegionProposalNetwork(nn.Module):
         else:
             target_deltas = self.box_coder.encode(target_boxes[pos], all_anchors[pos])
             box_loss = F.smooth_l1_loss(deltas[pos], target_deltas, beta=1 / 9, reduction="sum")
-        box_loss = box_loss / max(sampled.numel(), 1)
+        box_loss = self.box_loss_weight * box_loss / max(sampled.numel(), 1)
         if self.objectness_loss == "focal":
             objectness_loss = self.focal_objectness_loss(objectness.flatten(), labels)
         else:
