@@ -98,6 +98,15 @@ def test_experiment_refuses_an_unknown_row(tmp_path):
     assert result.returncode == 2 and "minimtl: error: --rows: unknown ['everything']" in result.stderr
 
 
+def test_experiment_help_gives_the_default_seeds():
+    from minimtl.experiments import losses, mtl
+
+    help_text = " ".join(run("experiment", "--help").split())
+    for name, experiment in (("mtl", mtl), ("losses", losses)):
+        seeds = experiment.DEFAULT_SEEDS
+        assert seeds == tuple(range(len(seeds))) and f"{name} 0..{len(seeds) - 1}" in help_text
+
+
 def test_train_and_eval_a_multitask_model(tmp_path):
     config = {"model": {"kind": "multitask", "backbone": "resnet18", "backbone_width": 8, "fpn_channels": 16,
                         "representation_size": 32, "mask_layers": [16], "mask_dim_reduced": 16,
