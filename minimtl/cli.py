@@ -161,8 +161,10 @@ def experiment_data(args) -> config.DataSection:
         for flag in ("coco_images", "coco_test_annotations", "coco_test_images"):
             if getattr(args, flag) is not None:
                 raise UsageError(f"--{flag.replace('_', '-')} needs --coco-annotations (the training file)")
-        if args.fast or args.num_test_images is None:
-            return mtl.shapes_data(8) if args.fast else mtl.shapes_data()
+        if args.fast:
+            return mtl.shapes_data(8)
+        if args.num_test_images is None:
+            return mtl.shapes_data()
         return mtl.shapes_data(args.num_test_images)
     if args.coco_test_annotations is None:
         raise UsageError("--coco-annotations needs --coco-test-annotations: every run is evaluated on held-out images")
