@@ -26,6 +26,7 @@ from pathlib import Path
 
 from minimtl.app import config, presets
 from minimtl.app.config import ConfigError
+from minimtl.data.images import ImageFileError
 
 # Flags that set a key of a section: (flag, section, key, type).
 SETTING_FLAGS = [
@@ -77,7 +78,16 @@ def cmd_train(args, default_preset="small") -> int:
     from minimtl.app import run
 
     settings = run.finalize(resolve_settings(args, default_preset))
-    report = run.train(settings, prepared=_checked(lambda: run.prepare(settings)))
+    prepared = _checked(lambda: run.prepare(settings))
+    try:
+        report = run.train(settings, prepared=prepared)
+    except FloatingPointError as error:  # a loss term became NaN or infinite: the message says what to try
+        raise UsageError(str(error)) from None
+    except ImageFileError as error:  # a file whose header was fine, found broken when its pixels were read
+        last = Path(settings.train.output_dir) / "last.pt"
+        resume = f"; it resumes from {last}" if last.exists() else ""
+        raise UsageError(f"{image_error(error)}: training stopped. Mend or remove that image, then run the same "
+                         f"command again{resume}") from None  # fmt: skip
     if report:
         print(
             f"\ntrained in {report['train_seconds'] / 60:.1f} min on {report['device']} ({report['precision']} "
@@ -297,6 +307,15 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def image_error(error: ImageFileError) -> str:
+    """The message of an ImageFileError; raised in a DataLoader worker, torch wraps it in the worker's
+    traceback, whose last line is "minimtl.data.images.ImageFileError: <message>"."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text.removeprefix("CocoDataset: ")
+
+
 def _checked(work):
     """Run a set-up step; its ValueError / FileNotFoundError is the user's mistake, reported in one line."""
     try:
@@ -429,6 +448,8 @@ def main(argv=None) -> int:
         return args.run(args)
     except (UsageError, ConfigError) as error:
         p.exit(2, f"minimtl: error: {error}\n")
+    except ImageFileError as error:  # evaluation, prediction, an experiment's runs
+        p.exit(2, f"minimtl: error: {image_error(error)}\n")
 
 
 if __name__ == "__main__":

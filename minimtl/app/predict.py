@@ -11,7 +11,8 @@ with the category ids of the annotation file the model was trained on, and preds
 images' ids, file names and sizes (together they make a COCO file that any COCO tool reads). With
 --draw, one picture per image beside them. The images stream through the model one batch at a time,
 and each detection's mask is kept only as its RLE string, so memory does not grow with the number
-of images.
+of images. Photos are turned upright by their EXIF orientation first, as image viewers show them: the
+boxes, masks and sizes are those of the upright image.
 """
 
 import glob
@@ -59,7 +60,7 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index):
-        image = read_image(self.paths[index])
+        image = read_image(self.paths[index], orient=True)
         info = {"id": index + 1, "file_name": str(self.paths[index]), "height": image.shape[1], "width": image.shape[2]}
         return image, info
 
@@ -101,7 +102,7 @@ def predict_images(model, meta: dict, paths: list[Path], out: Path, device="auto
                 from minimtl import plots
 
                 picture = out / (paths[index].stem + "_detections.png")
-                image = read_image(paths[index])
+                image = read_image(paths[index], orient=True)
                 plots.save_detections([image], [prediction], picture, meta["classes"], score_threshold, columns=1)
                 line += f" -> {picture}"
             log(line)

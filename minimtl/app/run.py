@@ -100,6 +100,7 @@ def prepare(run: RunConfig) -> Prepared:
         )
         if train_set.num_crowd:
             notes.append(f"data: {train_set.num_crowd} crowd annotations (iscrowd=1) are not trained on")
+        notes.extend(orientation_notes(train_set, test_set))
     else:
         train_set = ShapesDataset(data.num_images, data.image_size, seed=data.seed, transforms=transforms)
         test_set = ShapesDataset(data.num_test_images, data.image_size, seed=SHAPES_TEST_SEED)
@@ -119,6 +120,26 @@ def prepare(run: RunConfig) -> Prepared:
     torch.manual_seed(run.train.seed)  # the initial weights
     network = build_model(model, model_config, notes.append)
     return Prepared(train_set, test_set, classes, category_ids, model_config, network, notes)
+
+
+def orientation_notes(*datasets) -> list[str]:
+    """What was done with the photos that carry an EXIF orientation (see CocoDataset)."""
+    notes = []
+    for dataset in filter(None, datasets):
+        turned = sum(dataset.turned.values())
+        kept = dataset.orientations_kept
+        if turned:
+            notes.append(
+                f"data: {turned} images of {dataset.annotation_file} turned upright by their EXIF orientation "
+                "(the file's width and height are those of the turned photos)"
+            )
+        if kept:
+            notes.append(
+                f"data: {len(kept)} images of {dataset.annotation_file} carry an EXIF flip or half turn "
+                f"(orientation {', '.join(str(o) for o in sorted(set(kept.values())))}; image id {next(iter(kept))} "
+                "first); the sizes cannot tell which way they were annotated: used as stored, as torchvision does"
+            )
+    return notes
 
 
 def coco_test_set(data: DataSection, masks: bool | None, semantic: bool) -> CocoDataset:

@@ -4,7 +4,8 @@ The annotation file is JSON with "images" ({"id", "file_name", "height", "width"
 ({"id", "name"}) and "annotations" ({"id", "image_id", "category_id", "bbox": [x, y, w, h],
 "segmentation": polygons or RLE, "iscrowd": 0/1, "area"}). The whole file is checked when the
 dataset is built, so that a bad annotation stops you before training starts, with the file and the
-item named; only the image files themselves are read (and checked) item by item.
+item named; `check_image_files` checks the image files' headers (readable, the size the file says)
+before a run, and each image's pixels are read when its item is.
 
 * Categories: ids may be any distinct integers. They are mapped, in increasing order, to labels
   1..C (0 is the background): `category_ids[label - 1]` is the file's id, `categories[label]` the
@@ -19,6 +20,11 @@ item named; only the image files themselves are read (and checked) item by item.
   treats them as regions where a detection is neither a hit nor a miss. `num_crowd` counts them.
 * Boxes with no width or height are left out (the count is in `skipped_boxes`): detectors cannot
   learn from them. Images without annotations are kept, as negatives (K = 0).
+* Photos with an EXIF orientation tag (a phone's portrait photo is often stored on its side): an
+  image is turned upright when its turned size is the file's width x height and its stored size
+  is not, i.e. when the annotation tool showed it turned (browsers and OpenCV do; Pillow and
+  torchvision do not). Otherwise its pixels are used as stored; the orientations that cannot be
+  told apart by size (flips, half turns) are listed in `orientations_kept` for the run to report.
 * Semantic targets (`semantic=True`, needs masks): an (H, W) map, 0 the background, each pixel the
   label of the instance on top, crowd pixels IGNORE (255, skipped by the loss and by mean_iou).
   "On top": the masks are painted in order of decreasing area (pixels of the decoded mask; ties in
@@ -38,7 +44,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from minimtl.data.images import read_image
+from minimtl.data.images import ImageFileError, exif_orientation, open_image, read_image, turns_size
 from minimtl.data.loader import split_key
 from minimtl.data.masks import check_segmentation, decode_segmentation
 
@@ -71,6 +77,12 @@ class CocoDataset(Dataset):
         size_of = dict(zip(self.image_ids, self.image_sizes, strict=True))
         self.annotations = {image_id: [] for image_id in self.image_ids}  # the kept ones, by image id
         self.skipped_boxes = self.num_crowd = 0
+        # image id -> whether its pixels are turned upright by its EXIF orientation before use: only when
+        # the turned size is the file's width and height and the stored one is not (a tool that showed
+        # the photo upright, as browsers and OpenCV do, made the annotations). A flip or a half turn keeps
+        # the size, so the file cannot tell: those pixels are used as stored (orientations_kept lists them).
+        self.turned: dict[int, bool] = {}
+        self.orientations_kept: dict[int, int] = {}
         for i, ann in enumerate(data["annotations"]):
             _check_annotation(ann, i, self.annotation_file, size_of, self.label_of)
             self.num_crowd += bool(ann.get("iscrowd", 0))
@@ -130,7 +142,10 @@ class CocoDataset(Dataset):
         return image, target
 
     def check_image_files(self) -> None:
-        """Every image file exists (a stat each, no decoding): call before a long run to fail at once."""
+        """Every image file exists, Pillow can read its header, and its size is the one the annotation
+        file gives (as stored, or once turned upright by its EXIF orientation: see `turned`). A stat
+        and a header read each, no decoding: call before a long run to fail at once. A file whose data
+        is cut short after a good header is found only when it is read."""
         missing = [info for info in self.images if not (self.image_dir / info["file_name"]).is_file()]
         if missing:
             first = missing[0]
@@ -140,6 +155,34 @@ class CocoDataset(Dataset):
                 + (f"; {len(missing) - 1} more are missing" if len(missing) > 1 else "")
                 + self._where_they_are(first["file_name"])
             )
+        wrong = [(info, problem) for info in self.images if (problem := self._check_header(info))]
+        if wrong:
+            (info, problem), more = wrong[0], len(wrong) - 1
+            raise ImageFileError(
+                f"CocoDataset: image id {info['id']}: {problem}" + (f"; {more} more such images" if more else "")
+            )
+
+    def _check_header(self, info: dict) -> str | None:
+        """What is wrong with one image file, judged from its header; None if nothing. Records whether
+        its pixels are to be turned upright (self.turned) and counts the orientations left alone."""
+        path = self.image_dir / info["file_name"]
+        try:
+            with open_image(path, decode=False) as im:
+                (width, height), orientation = im.size, exif_orientation(im)
+        except ValueError as error:
+            return str(error).removeprefix("read_image: ")
+        said = (info["width"], info["height"])
+        turned = turns_size(orientation) and (height, width) == said
+        self.turned[info["id"]] = turned
+        if (width, height) == said or turned:
+            if orientation != 1 and not turned:
+                self.orientations_kept[info["id"]] = orientation
+            return None
+        return (
+            f"{path} is {width} x {height} (width x height), {self.annotation_file} says {said[0]} x {said[1]}"
+            + (f" (its EXIF orientation {orientation} turns it to {height} x {width}, no match either)"
+               if turns_size(orientation) else "")
+        )  # fmt: skip
 
     def _where_they_are(self, file_name: str) -> str:
         """A hint when the file is in images/ beside the annotation file, where minimtl's converters and
@@ -153,13 +196,15 @@ class CocoDataset(Dataset):
         """The image of one entry of "images", checked against its height and width: (3, H, W)."""
         path = self.image_dir / info["file_name"]
         try:
-            image = read_image(path)
+            if info["id"] not in self.turned:  # decided from the header, once per image (see turned)
+                self._check_header(info)  # what it finds wrong, the read below reports
+            image = read_image(path, orient=self.turned.get(info["id"], False))
         except FileNotFoundError:
             raise FileNotFoundError(f"CocoDataset: image {path} (image id {info['id']}) does not exist") from None
-        except ValueError as error:
-            raise ValueError(f"CocoDataset: image id {info['id']}: {error}") from None
+        except ImageFileError as error:
+            raise ImageFileError(f"CocoDataset: image id {info['id']}: {error}") from None
         if image.shape[1:] != (info["height"], info["width"]):
-            raise ValueError(
+            raise ImageFileError(
                 f"CocoDataset: image {path} (image id {info['id']}) is {image.shape[2]} x {image.shape[1]} "
                 f"(width x height), {self.annotation_file} says {info['width']} x {info['height']}"
             )

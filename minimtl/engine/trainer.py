@@ -294,51 +294,53 @@ class Trainer:
         network = self.ddp or self.model
         network.train()
         tick, images_seen = time.perf_counter(), 0
-        for images, targets in loader:
-            images = [img.to(self.device, non_blocking=True) for img in images]
-            targets = [{k: v.to(self.device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                losses = network(images, targets)
-            for name, value in losses.items():
-                if not torch.isfinite(value):
-                    raise FloatingPointError(
-                        f"training stopped at step {self.step}: the loss term {name!r} is {value.item()} "
-                        f"(all terms: { {k: round(v.item(), 4) for k, v in losses.items()} }). Lower the learning "
-                        "rate, check the targets, or resume from the last checkpoint."
-                    )
-            self.optimizer.zero_grad(set_to_none=True)
-            total = self._backward(losses)
-            if config.grad_clip is not None:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            self.step += 1
-            images_seen += len(images) * self.world
-            if self.step % config.log_every == 0 or self.step == config.steps:
-                elapsed = time.perf_counter() - tick
-                line = {"step": self.step, **self._mean_over_processes({"loss": total, **losses})}
-                line["lr"] = self.optimizer.param_groups[0]["lr"]
-                if hasattr(self.model, "loss_weights"):
-                    line.update({f"weight_{task}": w for task, w in self.model.loss_weights().items()})
-                line["images_per_s"] = images_seen / max(elapsed, 1e-9)
-                tick, images_seen = time.perf_counter(), 0
-                if self.is_main:
-                    with open(self.metrics_path, "a") as f:
-                        f.write(json.dumps(line) + "\n")
-                written.append(line)
+        try:
+            for images, targets in loader:
+                images = [img.to(self.device, non_blocking=True) for img in images]
+                targets = [{k: v.to(self.device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                    losses = network(images, targets)
+                for name, value in losses.items():
+                    if not torch.isfinite(value):
+                        raise FloatingPointError(
+                            f"training stopped at step {self.step}: the loss term {name!r} is {value.item()} "
+                            f"(all terms: { {k: round(v.item(), 4) for k, v in losses.items()} }). Lower the learning "
+                            "rate, check the targets, or resume from the last checkpoint."
+                        )
+                self.optimizer.zero_grad(set_to_none=True)
+                total = self._backward(losses)
+                if config.grad_clip is not None:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.scheduler.step()
+                self.step += 1
+                images_seen += len(images) * self.world
+                if self.step % config.log_every == 0 or self.step == config.steps:
+                    elapsed = time.perf_counter() - tick
+                    line = {"step": self.step, **self._mean_over_processes({"loss": total, **losses})}
+                    line["lr"] = self.optimizer.param_groups[0]["lr"]
+                    if hasattr(self.model, "loss_weights"):
+                        line.update({f"weight_{task}": w for task, w in self.model.loss_weights().items()})
+                    line["images_per_s"] = images_seen / max(elapsed, 1e-9)
+                    tick, images_seen = time.perf_counter(), 0
+                    if self.is_main:
+                        with open(self.metrics_path, "a") as f:
+                            f.write(json.dumps(line) + "\n")
+                    written.append(line)
+                    if progress is not None:
+                        progress.set_postfix(loss=f"{line['loss']:.3f}", img_s=f"{line['images_per_s']:.1f}")
                 if progress is not None:
-                    progress.set_postfix(loss=f"{line['loss']:.3f}", img_s=f"{line['images_per_s']:.1f}")
+                    progress.update(1)
+                last = self.step == config.steps
+                if self.evaluator is not None and config.eval_every and (self.step % config.eval_every == 0 or last):
+                    self._validate(network)
+                if self.step % config.checkpoint_every == 0 or last:
+                    self.save_checkpoint()
+        finally:  # an error mid-run too: the bar ends its line before the error is printed
             if progress is not None:
-                progress.update(1)
-            last = self.step == config.steps
-            if self.evaluator is not None and config.eval_every and (self.step % config.eval_every == 0 or last):
-                self._validate(network)
-            if self.step % config.checkpoint_every == 0 or last:
-                self.save_checkpoint()
-        if progress is not None:
-            progress.close()
+                progress.close()
         if self.world > 1:  # leave together: no process goes on (or exits) before the last checkpoint is written
             torch.distributed.barrier()
         return written

@@ -23,6 +23,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from minimtl.data.images import exif_orientation, open_image, turns_size
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 
@@ -100,21 +102,19 @@ class ImageFolder:
             )
         return paths[0]
 
-    def record(self, image: Path, source: Path) -> ImageRecord:
-        """An ImageRecord for an image of this folder, its size read from the file's header."""
-        width, height = image_size(image)
+    def record(self, image: Path, source: Path, *, upright: bool = False) -> ImageRecord:
+        """An ImageRecord for an image of this folder, its size read from the file's header (see image_size)."""
+        width, height = image_size(image, upright=upright)
         return ImageRecord(image, image.relative_to(self.folder).as_posix(), width, height, source)
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the header, as stored (no EXIF rotation: read_image does not rotate either)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except UnidentifiedImageError:
-        raise ValueError(f"{path} is not an image file Pillow can read") from None
+def image_size(path: Path, *, upright: bool = False) -> tuple[int, int]:
+    """(width, height) from the header: as stored, or with upright=True as the photo stands once turned
+    by its EXIF orientation (CocoDataset turns an image whose file gives that size). Any size, so that
+    an image too large to train on can be converted and tiled."""
+    with open_image(path, decode=False, any_size=True, who="image") as im:
+        (width, height), orientation = im.size, exif_orientation(im)
+    return (height, width) if upright and turns_size(orientation) else (width, height)
 
 
 def check_classes(classes) -> list[str] | None:

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from minimtl.data.convert.common import ImageFolder, Instance, category_names, check_classes, find_files, to_coco
+from minimtl.data.images import open_image
 from minimtl.data.masks import rle_counts_to_string
 
 LABEL_SUFFIXES = (".png", ".tif", ".tiff")
@@ -86,18 +87,13 @@ def labelmap_to_coco(input, images, *, classes=None) -> dict:
 
 def read_label_image(path: Path) -> np.ndarray:
     """A label image's values, (H, W) int64 (the first frame of a multi-frame TIFF)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            if im.mode not in LABEL_MODES:
-                raise ValueError(
-                    f"{path}: a label image has one channel of integers (0 the background, each other value "
-                    f"an object); this one is {im.mode}"
-                )
-            label = np.asarray(im).astype(np.int64)
-    except UnidentifiedImageError:
-        raise ValueError(f"{path} is not an image file Pillow can read") from None
+    with open_image(path, any_size=True, who="label image") as im:
+        if im.mode not in LABEL_MODES:
+            raise ValueError(
+                f"{path}: a label image has one channel of integers (0 the background, each other value "
+                f"an object); this one is {im.mode}"
+            )
+        label = np.asarray(im).astype(np.int64)
     if label.min(initial=0) < 0:
         raise ValueError(f"{path}: label values must be >= 0 (0 the background), found {int(label.min())}")
     return label

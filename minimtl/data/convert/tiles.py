@@ -19,12 +19,15 @@ objects would vanish. Cut into tiles, they keep their pixels.
   (32-bit integers, floats, CMYK). Each tile's image entry also says "source" (the original's
   file_name) and "tile" [x, y] (its top-left corner there). Tiles without objects are kept, as
   negatives.
+* A photo whose EXIF orientation turns it to the size its entry gives is cut upright (the tiles
+  carry no orientation).
 """
 
 from pathlib import Path
 
 import numpy as np
 
+from minimtl.data.images import exif_orientation, open_image, turns_size
 from minimtl.data.masks import decode_segmentation, encode_rle
 
 PNG_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "I;16")  # the rest are written as TIFF
@@ -52,7 +55,7 @@ def check_tiling(size: int, overlap: int, min_fraction: float) -> None:
 def tile_coco(coco: dict, images, tile_dir, size: int, *, overlap: int = 0, min_fraction: float = 0.5) -> dict:
     """Cut every image of `coco` (its file_names relative to `images`) into tiles written under
     `tile_dir`; returns the COCO dict of the tiles (see the module docstring)."""
-    from PIL import Image
+    from PIL import ImageOps
 
     check_tiling(size, overlap, min_fraction)
     images, tile_dir = Path(images), Path(tile_dir)
@@ -66,7 +69,9 @@ def tile_coco(coco: dict, images, tile_dir, size: int, *, overlap: int = 0, min_
         tiles = [(x, y, min(size, w), min(size, h)) for y in tile_starts(h, size, overlap)
                  for x in tile_starts(w, size, overlap)]  # fmt: skip
         path = images / info["file_name"]
-        with Image.open(path) as im:
+        with open_image(path, any_size=True, who="tile_coco") as im:
+            if turns_size(exif_orientation(im)) and im.size == (h, w):  # annotated upright (see CocoDataset)
+                im = ImageOps.exif_transpose(im)
             if im.size != (w, h):
                 raise ValueError(
                     f"{path} is {im.size[0]} x {im.size[1]} (width x height), its annotations say {w} x {h}"

@@ -22,7 +22,9 @@
   difficult objects. "keep": ordinary objects; "drop": left out. Every annotation also gets
   "difficult": 0 or 1 (a key COCO tools ignore), so that nothing is lost.
 * Images: <filename> in the images folder, else the one image with the XML file's stem. <size> is
-  checked against the image file's header (a size of 0 x 0, which some tools write, is not).
+  checked against the image file's header (a size of 0 x 0, which some tools write, is not); a photo
+  whose EXIF orientation turns it to <size> was annotated upright: the COCO file gets that size, and
+  CocoDataset turns the photo upright when it reads it.
 * Not read: <part>s, <truncated>, <pose>, and VOC's segmentation PNGs (see labelmap.py for those):
   the result has boxes only.
 """
@@ -36,6 +38,7 @@ from minimtl.data.convert.common import (
     category_names,
     check_classes,
     find_files,
+    image_size,
     number,
     to_coco,
 )
@@ -80,7 +83,10 @@ def _read_voc(file: Path, folder: ImageFolder, difficult: str):
     stated = [root.findtext(f"size/{k}") for k in ("width", "height")]
     if None not in stated:
         w, h = (number(v, f"{file}: <size>", k) for v, k in zip(stated, ("width", "height"), strict=True))
-        if (w, h) != (0, 0) and (w, h) != (record.width, record.height):
+        upright = image_size(record.path, upright=True)
+        if (w, h) == upright != (record.width, record.height):  # a photo the tool showed upright
+            record.width, record.height = upright  # (and CocoDataset turns it upright when it reads it)
+        elif (w, h) != (0, 0) and (w, h) != (record.width, record.height):
             raise ValueError(
                 f"{file}: <size> says {w:g} x {h:g} (width x height), its image {record.path} is "
                 f"{record.width} x {record.height}"

@@ -17,6 +17,9 @@ as fractions of the image's width and height.
   is not an annotation file), else the indices themselves ("0", "1", ... up to the largest found).
   An index without a name is an error naming the line. (Ultralytics' data.yaml is not read: pass its
   names as classes.)
+* Photos with an EXIF orientation: the fractions are of the upright photo, as Ultralytics (OpenCV)
+  loads it, so a quarter-turned photo's width and height are swapped in the COCO file, and
+  CocoDataset turns it upright when it reads it.
 """
 
 from pathlib import Path
@@ -36,7 +39,7 @@ def yolo_to_coco(input, images, *, classes=None) -> dict:
     folder = ImageFolder(images)
     records, indexed, first_of_kind = [], [], {}
     for file in files:
-        record = folder.record(folder.find(file.stem, file), file)
+        record = folder.record(folder.find(file.stem, file), file, upright=True)
         for line, text in enumerate(_lines(file), start=1):
             if text.strip():
                 where = f"{file} line {line}"
