@@ -163,6 +163,15 @@ def test_bad_data_is_one_line_before_training(tmp_path):
     assert "expected SECTION.KEY=VALUE" in user_error("train", "--set", "steps=3", *CPU)
 
 
+def test_a_loss_gone_nan_is_one_line(tmp_path):
+    train = write_coco(tmp_path, 4, seed=2, name="train.json")
+    message = user_error("train", "--coco-annotations", train, "--coco-images", tmp_path, "--steps", 3, "--set",
+                         "train.lr=1e30", "--set", "train.warmup_steps=0", "--set", "train.grad_clip=null",
+                         "--out", tmp_path / "run", *TINY, *CPU)  # fmt: skip
+    assert "training stopped at step" in message and "Lower the learning rate" in message
+    assert "nan" in message or "inf" in message
+
+
 def test_config_prints_a_file_that_trains(tmp_path):
     stdout = minimtl("config", "demo", "--set", "train.steps=2").stdout
     settings = json.loads(stdout)
