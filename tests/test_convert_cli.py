@@ -64,7 +64,7 @@ def test_voc_converts_and_prints_what_it_wrote(voc, capsys):
 def test_bad_flags_are_one_line_before_any_work(voc, capsys):
     base = ["--input", voc / "xml", "--images", voc / "jpg", "--out", voc / "ann.json"]
     cases = [
-        (["--from", "coco", *base], "--from coco: unknown format; choose one of voc, labelmap, yolo"),
+        (["--from", "cvat", *base], "--from cvat: unknown format; choose one of voc, labelmap, yolo, coco"),
         (["--from", "voc", *base, "--overlap", 8], "--overlap needs --tile SIZE"),
         (["--from", "voc", *base, "--min-fraction", 0.3], "--min-fraction needs --tile SIZE"),
         (["--from", "voc", *base, "--tile", 16, "--overlap", 16], "--overlap 16: must be at least 0 and less than"),
@@ -99,3 +99,33 @@ def test_bad_files_name_the_file_and_the_object(voc, capsys):
     message = user_error(capsys, "--from", "yolo", "--input", voc / "txt", *common)
     assert "a.txt line 2: expected 'class x_centre y_centre width height'" in message
     assert not (voc / "o.json").exists()
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # the tiles: over the lowered limit's half
+def test_a_coco_file_of_images_too_large_to_train_on_is_tiled(tmp_path, capsys, monkeypatch):
+    from coco_files import write_coco
+
+    from minimtl.data import CocoDataset
+    from minimtl.data.images import ImageFileError
+
+    # Pillow's guard lowered (it refuses over twice MAX_IMAGE_PIXELS, here 2,000 pixels): the 64 x 64
+    # images are "too large" to train on, their 32 x 32 tiles are not.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    source = write_coco(tmp_path / "big", 3, seed=5, name="ann.json")
+    with pytest.raises(ImageFileError, match=r"is 64 x 64 = 4,096 pixels, .* \(2,000: .*data convert ... --tile"):
+        CocoDataset(source, tmp_path / "big").check_image_files()
+    out = tmp_path / "tiled" / "ann.json"
+    args = ("--from", "coco", "--input", source, "--images", tmp_path / "big", "--out", out)
+    assert convert(*args, "--tile", 32, "--min-fraction", 0.3) == 0
+    stdout = capsys.readouterr().out
+    assert f"COCO files -> {out}: 3 images with" in stdout and "cut into 12 tiles of at most 32 x 32" in stdout
+    tiled = CocoDataset(out, out.parent / "images")
+    tiled.check_image_files()
+    assert len(tiled) == 12 and tiled.masks
+    original = json.loads(source.read_text())
+    assert {c["name"] for c in json.loads(out.read_text())["categories"]} == {c["name"] for c in original["categories"]}
+    image, target = tiled[0]
+    assert image.shape == (3, 32, 32) and len(target["boxes"]) == len(target["masks"])
+    # --from coco is for tiling, and takes its classes from the file
+    assert "give --tile SIZE" in user_error(capsys, *args)
+    assert "names its own categories" in user_error(capsys, *args, "--tile", 32, "--classes", "a,b")

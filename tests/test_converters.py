@@ -458,5 +458,7 @@ def test_convert_to_coco_tiles_beside_the_output_and_the_result_trains(tmp_path)
         convert_to_coco("labelmap", ann, images, out, overlap=4)
     with pytest.raises(ValueError, match=r"overlap must be a number of pixels in \[0, tile size 32\), got 32"):
         convert_to_coco("labelmap", ann, images, out, tile=32, overlap=32)
-    with pytest.raises(ValueError, match=r"unknown format 'coco': choose one of voc, labelmap, yolo"):
+    with pytest.raises(ValueError, match=r"unknown format 'cvat': choose one of voc, labelmap, yolo, coco"):
+        convert_to_coco("cvat", ann, images, out)
+    with pytest.raises(ValueError, match=r"a COCO file is COCO already: converting one is for cutting its images"):
         convert_to_coco("coco", ann, images, out)

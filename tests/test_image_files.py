@@ -77,7 +77,9 @@ def test_pillow_pixel_limit_is_one_error_and_converters_lift_it(tmp_path, monkey
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     path = tmp_path / "big.png"
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(path)
-    with pytest.raises(ImageFileError, match=r"big.png is 30 x 20 pixels .* cut it into tiles first"):
+    with pytest.raises(
+        ImageFileError, match=r"big.png is 30 x 20 = 600 pixels, .* \(200: twice .* cut it into tiles first"
+    ):
         read_image(path)
     assert Image.MAX_IMAGE_PIXELS == 100  # restored after the error
     # The converters read files the user asked to cut: any size.

@@ -141,11 +141,12 @@ class CocoDataset(Dataset):
             image, target = self.transforms(image, target, generator)
         return image, target
 
-    def check_image_files(self) -> None:
+    def check_image_files(self, any_size: bool = False) -> None:
         """Every image file exists, Pillow can read its header, and its size is the one the annotation
         file gives (as stored, or once turned upright by its EXIF orientation: see `turned`). A stat
         and a header read each, no decoding: call before a long run to fail at once. A file whose data
-        is cut short after a good header is found only when it is read."""
+        is cut short after a good header is found only when it is read. any_size: images over Pillow's
+        pixel limit pass (to be tiled: minimtl.data.convert.coco_file)."""
         missing = [info for info in self.images if not (self.image_dir / info["file_name"]).is_file()]
         if missing:
             first = missing[0]
@@ -155,19 +156,19 @@ class CocoDataset(Dataset):
                 + (f"; {len(missing) - 1} more are missing" if len(missing) > 1 else "")
                 + self._where_they_are(first["file_name"])
             )
-        wrong = [(info, problem) for info in self.images if (problem := self._check_header(info))]
+        wrong = [(info, problem) for info in self.images if (problem := self._check_header(info, any_size))]
         if wrong:
             (info, problem), more = wrong[0], len(wrong) - 1
             raise ImageFileError(
                 f"CocoDataset: image id {info['id']}: {problem}" + (f"; {more} more such images" if more else "")
             )
 
-    def _check_header(self, info: dict) -> str | None:
+    def _check_header(self, info: dict, any_size: bool = False) -> str | None:
         """What is wrong with one image file, judged from its header; None if nothing. Records whether
         its pixels are to be turned upright (self.turned) and counts the orientations left alone."""
         path = self.image_dir / info["file_name"]
         try:
-            with open_image(path, decode=False) as im:
+            with open_image(path, decode=False, any_size=any_size) as im:
                 (width, height), orientation = im.size, exif_orientation(im)
         except ValueError as error:
             return str(error).removeprefix("read_image: ")

@@ -82,8 +82,8 @@ def _read_error(error: Exception, path: Path, who: str, limit: int) -> ImageFile
     with open_image(path, decode=False, any_size=True) as im:  # the header only
         width, height = im.size
     return ImageFileError(
-        f"{who}: {path} is {width} x {height} pixels ({width * height / 1e6:.0f} million), more than Pillow decodes "
-        f"as one image ({2 * limit / 1e6:.0f} million, twice PIL.Image.MAX_IMAGE_PIXELS); cut it into tiles first "
+        f"{who}: {path} is {width} x {height} = {width * height:,} pixels, more than Pillow decodes as one image "
+        f"({2 * limit:,}: twice PIL.Image.MAX_IMAGE_PIXELS); cut it into tiles first "
         f"(python -m minimtl data convert ... --tile 1024)"
     )
 

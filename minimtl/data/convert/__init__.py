@@ -1,4 +1,5 @@
-"""Converters to COCO format: Pascal VOC XML, instance label images and YOLO txt files; and tiling.
+"""Converters to COCO format: Pascal VOC XML, instance label images and YOLO txt files; and tiling
+(of their images, or of a COCO file's).
 
     coco = voc_to_coco("VOC2012/Annotations", "VOC2012/JPEGImages", classes=["cat", "dog"])
     coco = labelmap_to_coco("labels/", "images/")          # masks as compressed RLE
@@ -11,36 +12,41 @@ or all in one, what `python -m minimtl data convert` runs:
     coco = convert_to_coco("labelmap", "labels/", "images/", "out/ann.json", tile=512, overlap=64)
     print(summary(coco, "out/ann.json", "out/images"))
 
-One module per format (voc.py, labelmap.py, yolo.py), tiles.py for tiling and common.py for what
-they share (finding the files and their images, classes, building and writing the dict); each
-module's docstring states its format's conventions. Every result loads with minimtl.data.CocoDataset
-(and pycocotools); bad input raises ValueError or FileNotFoundError naming the file and the line or
-object. The file_names are relative to the images folder given (to the tile folder when tiling).
+One module per format (voc.py, labelmap.py, yolo.py; coco_file.py reads a COCO file to tile), tiles.py
+for tiling and common.py for what they share (finding the files and their images, classes, building
+and writing the dict); each module's docstring states its format's conventions. Every result loads
+with minimtl.data.CocoDataset (and pycocotools); bad input raises ValueError or FileNotFoundError
+naming the file and the line or object. The file_names are relative to the images folder given (to
+the tile folder when tiling).
 """
 
 from collections import Counter
 from pathlib import Path
 
+from minimtl.data.convert.coco_file import coco_file
 from minimtl.data.convert.common import check_classes, write_coco_json
 from minimtl.data.convert.labelmap import labelmap_to_coco
 from minimtl.data.convert.tiles import check_tiling, tile_coco
 from minimtl.data.convert.voc import voc_to_coco
 from minimtl.data.convert.yolo import yolo_to_coco
 
-CONVERTERS = {"voc": voc_to_coco, "labelmap": labelmap_to_coco, "yolo": yolo_to_coco}
-NAMES = {"voc": "Pascal VOC XML", "labelmap": "label image", "yolo": "YOLO txt"}
+CONVERTERS = {"voc": voc_to_coco, "labelmap": labelmap_to_coco, "yolo": yolo_to_coco, "coco": coco_file}
+NAMES = {"voc": "Pascal VOC XML", "labelmap": "label image", "yolo": "YOLO txt", "coco": "COCO"}
 
 
 def convert_to_coco(source: str, input, images, out, *, classes=None, tile: int | None = None, overlap: int = 0,
                     min_fraction: float = 0.5, difficult: str = "crowd") -> dict:  # fmt: skip
-    """Convert `source` ("voc", "labelmap" or "yolo") annotation files to COCO, cut the images into
-    tiles if `tile` is given (written to images/ beside `out`), and write `out`; returns the dict.
+    """Convert `source` ("voc", "labelmap", "yolo"; "coco" with a tile size) annotation files to COCO,
+    cut the images into tiles if `tile` is given (written to images/ beside `out`), and write `out`;
+    returns the dict.
     The arguments are checked before any file is read."""
     if source not in CONVERTERS:
         raise ValueError(f"unknown format {source!r}: choose one of {', '.join(CONVERTERS)}")
     classes = check_classes(classes)
     if tile is None and overlap:
         raise ValueError(f"an overlap ({overlap}) needs a tile size")
+    if tile is None and source == "coco":
+        raise ValueError("a COCO file is COCO already: converting one is for cutting its images into tiles (tile)")
     tile_dir = Path(out).parent / "images"
     if tile is not None:
         check_tiling(tile, overlap, min_fraction)
@@ -92,6 +98,7 @@ def _count(n: int, word: str) -> str:
 
 __all__ = [
     "CONVERTERS",
+    "coco_file",
     "convert_to_coco",
     "labelmap_to_coco",
     "summary",
