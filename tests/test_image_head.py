@@ -4,6 +4,7 @@ its place in the run's evaluation (minimtl/app/run.py)."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,7 @@ from test_multitask_model import SMALL, shapes_batch
 
 from minimtl.app.run import evaluate, flat_metrics
 from minimtl.data import ShapesDataset
+from minimtl.engine.inference import evaluate_dataset
 from minimtl.evaluation import average_precision, multilabel_metrics
 from minimtl.modeling.image_head import ImageClassificationHead, image_loss, image_targets, masked_average
 from minimtl.models.multitask import MultiTaskConfig, MultiTaskRCNN
@@ -198,4 +200,12 @@ def test_run_evaluation_reports_the_image_task_beside_the_others():
     assert 0 <= image["exact_match"] <= 1 and (math.isnan(image["mAP"]) or 0 <= image["mAP"] <= 1)
     flat = flat_metrics(report)
     assert flat["image.mAP"] == image["mAP"] or math.isnan(flat["image.mAP"])
+    # The scores come from the evaluation's one pass: the same as the image head run on its own.
+    images, targets = zip(*[dataset[i] for i in range(3)], strict=True)
+    alone = multilabel_metrics(torch.cat([model.classify(list(images[:2])), model.classify(list(images[2:]))]),
+                               image_targets(list(targets), 4))  # fmt: skip
+    alone["per_class"] = dict(zip(ShapesDataset.classes[1:], alone.pop("AP"), strict=True))
+    np.testing.assert_equal(image, alone)  # NaN (a class absent from every image) equals NaN here
+    with pytest.raises(ValueError, match=r"'image_scores': give num_classes"):
+        evaluate_dataset(model, dataset, iou_types=())
     assert flat["image.exact_match"] == image["exact_match"] and "box.AP" in flat and "semantic.mIoU" in flat

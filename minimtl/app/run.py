@@ -21,17 +21,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from minimtl.app.config import MODEL_KINDS, DataSection, ModelSection, RunConfig
 from minimtl.data import CocoDataset, ShapesDataset, default_train_transforms
-from minimtl.data.loader import collate
 from minimtl.engine import Trainer, load_checkpoint, pick_device
 from minimtl.engine.distributed import process_group
 from minimtl.engine.inference import evaluate_dataset
 from minimtl.engine.trainer import MAGIC
-from minimtl.evaluation import multilabel_metrics
-from minimtl.modeling.image_head import image_targets
 from minimtl.models import RCNN, MultiTaskConfig, MultiTaskRCNN, RCNNConfig
 
 SHAPES_TEST_SEED = 1_000_003  # the held-out shapes: another seed than any training seed
@@ -413,7 +409,8 @@ def evaluate(model, dataset, device, out: Path | None = None, classes=None, batc
     semantic_head = getattr(model, "semantic_head", None)
     num_semantic = semantic_head.classifier.out_channels if semantic_head is not None else None
     results, kept = evaluate_dataset(model, dataset, iou_types=iou_types, batch_size=batch_size, device=device,
-                                     keep=8 if out is not None else 0, num_semantic_classes=num_semantic)  # fmt: skip
+                                     keep=8 if out is not None else 0, num_semantic_classes=num_semantic,
+                                     num_classes=model_config.num_classes)  # fmt: skip
     names = {"bbox": "box", "segm": "mask"}
     report = {}
     for iou_type in iou_types:
@@ -422,8 +419,10 @@ def evaluate(model, dataset, device, out: Path | None = None, classes=None, batc
         report[names[iou_type]] = stats
     if "semantic" in results:
         report["semantic"] = results["semantic"]
-    if getattr(model, "image_head", None) is not None:
-        report["image"] = image_metrics(model, dataset, device, classes, batch_size)
+    if "image" in results:
+        report["image"] = dict(results["image"])
+        ap = report["image"].pop("AP")
+        report["image"]["per_class"] = {_name(classes, label): value for label, value in enumerate(ap, start=1)}
     if out is not None and detection and kept:
         from minimtl import plots
 
@@ -435,20 +434,6 @@ def evaluate(model, dataset, device, out: Path | None = None, classes=None, batc
             plots.save_precision_recall_curves(precision, categories, out / f"pr_{names[iou_type]}.png", iou_type,
                                                classes)  # fmt: skip
     return report
-
-
-def image_metrics(model, dataset, device, classes=None, batch_size: int = 8) -> dict:
-    """The image head's scores against each image's classes: multilabel_metrics' "mAP", "exact_match",
-    "num_absent", "num_images", and "per_class" AP by name. A pass of its own through the backbone, FPN
-    and image head (model.classify): evaluate_dataset does not collect "image_scores"."""
-    empty = torch.zeros(0, model.config.num_classes - 1)  # (0, C-1): an empty test set
-    scores, present = [empty], [empty]
-    for images, targets in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
-        scores.append(model.classify([image.to(device) for image in images]).cpu())  # (B, C-1)
-        present.append(image_targets(targets, model.config.num_classes).cpu())  # (B, C-1)
-    stats = multilabel_metrics(torch.cat(scores), torch.cat(present))
-    stats["per_class"] = {_name(classes, label): ap for label, ap in enumerate(stats.pop("AP"), start=1)}
-    return stats
 
 
 def _name(classes, label: int) -> str:

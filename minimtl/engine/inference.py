@@ -3,8 +3,9 @@
 iter_predictions   yields (index, prediction, target) per image, in dataset order, prediction on the
                    CPU with masks binarised at the image's size: (D, H, W) bool, 1 byte a pixel, not
                    the model's (D, 1, H, W) float32 probabilities (4 bytes)
-evaluate_dataset   one pass that feeds a CocoEvaluator per IoU type and a semantic confusion matrix:
-                   memory grows with the number of detections, not with the images' area
+evaluate_dataset   one pass that feeds a CocoEvaluator per IoU type, a semantic confusion matrix and
+                   the image head's scores: memory grows with the number of detections, not with
+                   the images' area
 predict            every prediction in a list, for small sets (notebooks, pictures)
 
 Memory: the model's full-resolution float masks live on the device for one batch; only their bool
@@ -16,8 +17,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from minimtl.data.loader import collate
+from minimtl.evaluation.classification import multilabel_metrics
 from minimtl.evaluation.coco import CocoEvaluator
 from minimtl.evaluation.semantic import confusion_matrix, scores_from_confusion
+from minimtl.modeling.image_head import image_targets
 
 
 def iter_predictions(
@@ -69,6 +72,7 @@ def evaluate_dataset(
     ignore_index: int = 255,
     num_workers: int = 0,
     progress: bool = False,
+    num_classes: int | None = None,
 ):
     """Score a model on a dataset in one streamed pass. Returns (results, kept):
 
@@ -80,6 +84,9 @@ def evaluate_dataset(
                          "semantic" (H, W) label maps: a (C, C) confusion matrix summed over images
                          (pixels labelled ignore_index skipped). C = num_semantic_classes, or None: the
                          largest label seen + 1 (only the length of "IoU" depends on it)
+    results["image"]     multilabel_metrics of the image head's "image_scores" (N, C-1) against the classes
+                         present in each target (crowds left out), when the predictions have them;
+                         C = num_classes, which they need
     results["num_images"]
     kept                 the first `keep` (image, prediction, target) triples, for pictures
 
@@ -87,6 +94,7 @@ def evaluate_dataset(
     """
     evaluators = {iou_type: CocoEvaluator(iou_type) for iou_type in iou_types}
     matrix = None  # (C, C) semantic confusion counts, summed over images
+    scores, present = [], []  # the image head's (C-1,) scores and each image's classes, (C-1,) multi-hot
     kept, num_images = [], 0
     batches = _batches(model, dataset, batch_size, device, num_workers, progress, mask_threshold=0.5)
     for images, predictions, targets in batches:
@@ -101,6 +109,11 @@ def evaluate_dataset(
                     )
                 semantic = prediction["semantic"], target["semantic"]
                 matrix = _add_confusion(matrix, *semantic, num_semantic_classes, ignore_index)
+            if "image_scores" in prediction:
+                if num_classes is None:
+                    raise ValueError("evaluate_dataset: the predictions have 'image_scores': give num_classes")
+                scores.append(prediction["image_scores"])
+                present.append(image_targets([target], num_classes)[0])
             if len(kept) < keep:
                 kept.append((image, prediction, target))
             num_images += 1
@@ -116,6 +129,8 @@ def evaluate_dataset(
         }
     if matrix is not None:
         results["semantic"] = scores_from_confusion(matrix)
+    if scores:
+        results["image"] = multilabel_metrics(torch.stack(scores), torch.stack(present))
     results["num_images"] = num_images
     return results, kept
 
