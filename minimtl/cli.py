@@ -286,7 +286,7 @@ def cmd_data_fetch(args) -> int:
     print(f"  split {done['split']}; licence and source: {out / 'README.txt'}")
     images = out / "images"
     print(f"Train on it: python -m minimtl train --coco-annotations {out / 'train.json'} --coco-images {images} "
-          f"--coco-test-annotations {out / 'test.json'} --coco-test-images {images}")  # fmt: skip
+          f"--coco-test-annotations {out / 'test.json'}")  # fmt: skip
     return 0
 
 
