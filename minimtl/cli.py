@@ -27,6 +27,7 @@ from pathlib import Path
 
 from minimtl.app import config, presets
 from minimtl.app.config import ConfigError
+from minimtl.data.coco import MissingMasksError
 from minimtl.data.images import ImageFileError
 
 # Flags that set a key of a section: (flag, section, key, type).
@@ -188,14 +189,15 @@ def experiment_data(args) -> config.DataSection:
         coco_test_images=args.coco_test_images,
     )
     every_head = config.ModelSection(kind="multitask", settings={**mtl.MODEL, "masks": True, "semantic": True})
-    try:
-        _checked(lambda: run.prepare(config.RunConfig(model=every_head, data=data)))
-    except UsageError as error:
-        if "segmentation" in str(error):  # the library's advice (masks=False) is no way out here
-            raise UsageError(
-                f"experiment {args.name} trains mask and semantic heads, which need masks: {error}"
-            ) from None
-        raise
+
+    def prepare():
+        try:
+            return run.prepare(config.RunConfig(model=every_head, data=data))
+        except MissingMasksError as error:  # say what needs them: the experiment, not the user's choice
+            why = str(error).removeprefix("CocoDataset: ")
+            raise ValueError(f"experiment {args.name} trains mask and semantic heads, needing masks: {why}") from None
+
+    _checked(prepare)
     return data
 
 

@@ -313,7 +313,7 @@ def test_experiment_on_coco_files_refuses_what_it_cannot_run(tmp_path):
     assert "--num-test-images is for the shapes" in user_error(
         *args, "--coco-annotations", train, "--coco-test-annotations", train, "--num-test-images", 5
     )
-    assert "trains mask and semantic heads, which need masks" in user_error(
+    assert "trains mask and semantic heads, needing masks" in user_error(
         *args, "--coco-annotations", boxes, "--coco-test-annotations", boxes
     )
     missing = user_error(*args, "--coco-annotations", tmp_path / "nothing.json", "--coco-test-annotations", train)

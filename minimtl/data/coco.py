@@ -91,7 +91,7 @@ class CocoDataset(Dataset):
             else:
                 self.annotations[ann["image_id"]].append(ann)
         kept = [a for anns in self.annotations.values() for a in anns]
-        self.masks = _resolve_masks(masks, kept, self.annotation_file)
+        self.masks = _resolve_masks(masks, kept, self.annotation_file, semantic)
         if self.masks:
             for ann in kept:
                 if _has_segmentation(ann):
@@ -332,7 +332,12 @@ def _check_annotation(ann, i: int, file: Path, size_of: dict, label_of: dict) ->
         raise ValueError(f"CocoDataset: {where}: iscrowd must be 0 or 1, got {ann['iscrowd']!r}")
 
 
-def _resolve_masks(masks: bool | None, anns: list[dict], file: Path) -> bool:
+class MissingMasksError(ValueError):
+    """Masks are needed (asked for, or painted into semantic targets), or half the objects have them,
+    but an annotation has no segmentation."""
+
+
+def _resolve_masks(masks: bool | None, anns: list[dict], file: Path, semantic: bool = False) -> bool:
     """masks=None: on when every non-crowd annotation has a segmentation, off when none has."""
     if masks is False:
         return False
@@ -343,9 +348,10 @@ def _resolve_masks(masks: bool | None, anns: list[dict], file: Path) -> bool:
     having = len(objects) - len(lacking)
     if lacking and (having or masks):
         others = f"{having} other annotations have one" if having else "no annotation has one (masks=True)"
-        raise ValueError(
+        way_out = "the semantic targets are painted from them" if semantic else "or pass masks=False for boxes only"
+        raise MissingMasksError(
             f"CocoDataset: {_where(file, lacking[0])} has no 'segmentation' (or an empty one), but {others}; "
-            "give every object a segmentation, or pass masks=False to train on boxes only"
+            f"give every object a segmentation{':' if semantic else ','} {way_out}"
         )
     # only crowds, or no annotations at all: masks when a crowd has one, or when asked for
     return bool(masks) or having > 0 or (not objects and any(_has_segmentation(a) for a in anns))
