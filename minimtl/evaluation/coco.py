@@ -63,7 +63,7 @@ class CocoEvaluator:
     def add(self, prediction: dict, target: dict) -> None:
         """Match one image's detections now, for every category in it and every area range; keep
         only scores and flags. The dicts are as `evaluate` documents; masks may also be COCO RLE."""
-        img = _image(prediction, target, self.iou_type, self.num_images)
+        img = image_arrays(prediction, target, self.iou_type, self.num_images)
         categories = np.union1d(img["gt_labels"], img["dt_labels"]).tolist()
         matches = [_match_category(img, category) for category in categories]  # all, before any is kept
         for category, match in zip(categories, matches, strict=True):
@@ -121,7 +121,11 @@ def per_class_ap(precision: np.ndarray, categories) -> dict[int, dict[str, float
     out = {}
     for k, label in enumerate(categories):
         p = precision[:, :, k, 0, -1]  # (T, R)
-        out[int(label)] = {"AP": _mean(p), "AP50": _mean(p[_threshold(0.5)]), "AP75": _mean(p[_threshold(0.75)])}
+        out[int(label)] = {
+            "AP": mean_defined(p),
+            "AP50": mean_defined(p[_threshold(0.5)]),
+            "AP75": mean_defined(p[_threshold(0.75)]),
+        }
     return out
 
 
@@ -138,7 +142,7 @@ def _numpy(x, dtype=None):
     return (x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)).astype(dtype or np.float64)
 
 
-def _image(pred: dict, target: dict, iou_type: str, index: int) -> dict:
+def image_arrays(pred: dict, target: dict, iou_type: str, index: int) -> dict:
     """One image's detections and ground truth as numpy arrays, with areas and the IoU inputs."""
     for name, d, keys in (
         ("predictions", pred, ("boxes", "labels", "scores")),
@@ -157,8 +161,8 @@ def _image(pred: dict, target: dict, iou_type: str, index: int) -> dict:
     gt_boxes, dt_boxes = _xywh(_numpy(target["boxes"]).reshape(-1, 4)), _xywh(_numpy(pred["boxes"]).reshape(-1, 4))
     out["iscrowd"] = _numpy(target.get("iscrowd", np.zeros(len(gt_boxes))), np.int64).astype(bool)
     if iou_type == "segm":
-        gt_masks = _binary(target["masks"], f"targets[{index}]['masks']")
-        dt_masks = _binary(pred["masks"], f"predictions[{index}]['masks']")
+        gt_masks = binary_masks(target["masks"], f"targets[{index}]['masks']")
+        dt_masks = binary_masks(pred["masks"], f"predictions[{index}]['masks']")
         if len(gt_masks) and len(dt_masks) and gt_masks.shape[1:] != dt_masks.shape[1:]:
             raise ValueError(
                 f"CocoEvaluator.add: predictions[{index}]['masks'] are {dt_masks.shape[1:]} (H, W), "
@@ -181,7 +185,7 @@ def _xywh(boxes: np.ndarray) -> np.ndarray:
     return np.stack([boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1)
 
 
-def _binary(masks, name: str) -> np.ndarray:
+def binary_masks(masks, name: str) -> np.ndarray:
     """(K, H, W) bool from probabilities (> 0.5), bool/uint8 (nonzero), (K, 1, H, W), or K RLE dicts."""
     if isinstance(masks, (list, tuple)):  # COCO RLE, one dict per object
         if not all(isinstance(m, dict) and "size" in m and "counts" in m for m in masks):
@@ -202,7 +206,7 @@ def _binary(masks, name: str) -> np.ndarray:
     return masks > 0.5 if np.issubdtype(masks.dtype, np.floating) else masks != 0
 
 
-def _iou(dt, gt, iscrowd: np.ndarray, iou_type: str) -> np.ndarray:
+def pairwise_iou(dt, gt, iscrowd: np.ndarray, iou_type: str) -> np.ndarray:
     """IoU of every detection with every ground truth, (D, G); against a crowd: inter / detection area."""
     if len(dt) == 0 or len(gt) == 0:
         return np.zeros((len(dt), len(gt)))
@@ -255,7 +259,7 @@ def _match_category(img: dict, category: int):
     d_idx = np.flatnonzero(img["dt_labels"] == category)
     d_idx = d_idx[np.argsort(-img["scores"][d_idx], kind="mergesort")][: MAX_DETECTIONS[-1]]
     crowd, gt_area, dt_area = img["iscrowd"][g_idx], img["gt_area"][g_idx], img["dt_area"][d_idx]
-    ious = _iou(img["dt"][d_idx], img["gt"][g_idx], crowd, img["iou_type"])  # (D, G), shared by the area ranges
+    ious = pairwise_iou(img["dt"][d_idx], img["gt"][g_idx], crowd, img["iou_type"])  # (D, G), shared by the area ranges
 
     num_a, num_t, num_d = len(AREA_RANGES), len(IOU_THRESHOLDS), len(d_idx)
     matched = np.zeros((num_a, num_t, num_d), dtype=bool)
@@ -355,7 +359,8 @@ def _accumulate(records: list[_CategoryRecord]):
     return precision, recall
 
 
-def _mean(values: np.ndarray) -> float:
+def mean_defined(values: np.ndarray) -> float:
+    """The mean of the entries COCO defines (-1: no ground truth there); -1 when none is."""
     values = values[values > -1]
     return float(np.mean(values)) if values.size else -1.0
 
@@ -369,10 +374,10 @@ def _summarize(precision: np.ndarray, recall: np.ndarray) -> dict[str, float]:
 
     def ap(threshold=None, area="all"):
         p = precision[..., areas.index(area), MAX_DETECTIONS.index(100)]  # (T, R, K)
-        return _mean(p if threshold is None else p[_threshold(threshold)])
+        return mean_defined(p if threshold is None else p[_threshold(threshold)])
 
     def ar(max_det=100, area="all"):
-        return _mean(recall[:, :, areas.index(area), MAX_DETECTIONS.index(max_det)])
+        return mean_defined(recall[:, :, areas.index(area), MAX_DETECTIONS.index(max_det)])
 
     values = [
         ap(),

@@ -45,7 +45,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from minimtl.evaluation.coco import IOU_THRESHOLDS, MAX_DETECTIONS, CocoEvaluator, _binary, _image, _iou, _mean
+from minimtl.evaluation.coco import (
+    IOU_THRESHOLDS,
+    MAX_DETECTIONS,
+    CocoEvaluator,
+    binary_masks,
+    image_arrays,
+    mean_defined,
+    pairwise_iou,
+)
 
 DETECTION_TYPES = ("correct", "classification", "localisation", "both", "duplicate", "background", "ignored")
 ERROR_TYPES = ("classification", "localisation", "both", "duplicate", "background", "missed")
@@ -97,9 +105,9 @@ def classify_image(
     "missed" (G,) bool, "counted" (G,) bool: objects that are not crowds, "scores" (D,)}.
     """
     _check_thresholds(fg_threshold, bg_threshold)
-    img = _image(prediction, target, iou_type, index)
+    img = image_arrays(prediction, target, iou_type, index)
     dt_labels, gt_labels, scores, crowd = img["dt_labels"], img["gt_labels"], img["scores"], img["iscrowd"]
-    ious = _iou(img["dt"], img["gt"], crowd, iou_type)  # (D, G); against a crowd: inter / detection area
+    ious = pairwise_iou(img["dt"], img["gt"], crowd, iou_type)  # (D, G); against a crowd: inter / detection area
     num_d, num_g = ious.shape
     types = np.full(num_d, "ignored", dtype=object)
     gt = -np.ones(num_d, dtype=np.int64)
@@ -213,7 +221,7 @@ def ap_at(predictions, targets, iou_type: str = "bbox", iou_threshold: float = 0
     for pred, target in zip(predictions, targets, strict=True):
         evaluator.add(pred, target)
     precision, _, _ = evaluator.curves()  # (T, R, K, A, M)
-    return _mean(precision[_threshold_index(iou_threshold), :, :, 0, -1])
+    return mean_defined(precision[_threshold_index(iou_threshold), :, :, 0, -1])
 
 
 def detection_confusion_matrix(
@@ -229,12 +237,12 @@ def detection_confusion_matrix(
     takes only a crowd region is left out, as `evaluate` ignores it."""
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)  # (C, C)
     for i, (pred, target) in enumerate(zip(predictions, targets, strict=True)):
-        img = _image(pred, target, iou_type, i)
+        img = image_arrays(pred, target, iou_type, i)
         dt_labels, gt_labels, crowd = img["dt_labels"], img["gt_labels"], img["iscrowd"]
         for name, labels in (("predictions", dt_labels), ("targets", gt_labels)):
             if len(labels) and (labels.min() < 1 or labels.max() >= num_classes):
                 raise ValueError(f"detection_confusion_matrix: {name}[{i}] has labels outside 1..{num_classes - 1}")
-        ious = _iou(img["dt"], img["gt"], crowd, iou_type)  # (D, G)
+        ious = pairwise_iou(img["dt"], img["gt"], crowd, iou_type)  # (D, G)
         order = np.argsort(-img["scores"], kind="mergesort")
         order = order[img["scores"][order] >= score_threshold]
         g_order = np.argsort(crowd, kind="mergesort")  # objects first, crowds last
@@ -273,7 +281,7 @@ def _arrays(d: dict, name: str, iou_type: str) -> dict:
             value = d[key].detach().cpu().numpy() if hasattr(d[key], "detach") else np.asarray(d[key])
             out[key] = value.reshape(-1, 4).copy() if key == "boxes" else value.reshape(-1).copy()
     if iou_type == "segm":
-        out["masks"] = _binary(d["masks"], f"{name}['masks']").copy()  # (K, H, W)
+        out["masks"] = binary_masks(d["masks"], f"{name}['masks']").copy()  # (K, H, W)
     return out
 
 
