@@ -3,6 +3,7 @@
 import json
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -51,6 +52,21 @@ def read_log(run_dir):
     """The metrics log without its timing column."""
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in line.items() if k != "images_per_s"} for line in lines]
+
+
+def test_the_seconds_of_a_resumed_run_count_every_call(tmp_path):
+    model = ToyModel()
+    model.register_forward_pre_hook(lambda module, args: time.sleep(0.02))  # >= 0.02 s a step
+    first = Trainer(model, ToyData(), config(tmp_path, steps=4), log=lambda *_: None)
+    first.train()
+    assert first.seconds >= 4 * 0.02
+    assert load_checkpoint(tmp_path / "last.pt")["seconds"] == first.seconds
+    more = Trainer(model, ToyData(), config(tmp_path, steps=8), log=lambda *_: None)
+    more.train()  # resumes at step 4: its seconds add to the checkpoint's
+    assert more.seconds >= first.seconds + 4 * 0.02
+    done = Trainer(model, ToyData(), config(tmp_path, steps=8), log=lambda *_: None)
+    done.train()  # nothing left to do: the run's cost is the checkpoint's
+    assert done.seconds == more.seconds
 
 
 def test_a_crashed_run_resumes_to_the_same_result(tmp_path):

@@ -365,7 +365,6 @@ def _train(run: RunConfig, prepared: Prepared | None, device, rank: int, world: 
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(run.to_json() + "\n")
-    start = time.perf_counter()
     trainer = Trainer(model, prepared.train_set, t, log=say, metadata=checkpoint_metadata(run, prepared),
                       evaluator=evaluator)  # fmt: skip
     trainer.train()
@@ -373,7 +372,7 @@ def _train(run: RunConfig, prepared: Prepared | None, device, rank: int, world: 
         return {}
     precision = f"mixed, {str(trainer.amp_dtype).removeprefix('torch.')}" if trainer.amp_dtype else "float32"
     report = {
-        "train_seconds": time.perf_counter() - start,
+        "train_seconds": trainer.seconds,  # every call's, when the run was resumed
         "device": str(device),
         "processes": world,
         "precision": precision,

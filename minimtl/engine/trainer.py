@@ -12,7 +12,9 @@ Nothing is lost when a run is killed: the checkpoint is written to a temporary f
 (a rename is atomic), it holds everything the next steps depend on (weights, optimiser, schedule,
 random states, the step), and the data order is a function of (seed, step) alone; on resume the
 metrics lines written after the checkpoint are dropped, since those steps run again. A resumed run
-therefore computes the same losses as one that was never interrupted.
+therefore computes the same losses as one that was never interrupted. The checkpoint also keeps the
+seconds spent training so far (`trainer.seconds`), so a resumed run reports what the whole run cost
+(the steps run twice after a crash included), not only its last part.
 
 A model may combine its loss terms itself: if it has `total_loss(losses)` (MultiTaskRCNN), that is
 what is backpropagated, and its `loss_weights()` are logged. With `pcgrad=True` each task's
@@ -200,6 +202,9 @@ class Trainer:
                 raise ValueError("TrainConfig.pcgrad is not supported under DistributedDataParallel")
         self.step = 0
         self.best: dict | None = None  # {"metric", "value", "step"} of best.pt
+        # Seconds spent in train() up to self.step, over every call (a resumed run adds to its
+        # checkpoint's): what a run cost, however often it was stopped.
+        self.seconds = 0.0
         self.output_dir = Path(config.output_dir)
         self.is_main = self.rank == 0
 
@@ -233,6 +238,7 @@ class Trainer:
             "config": asdict(self.config),
             "metadata": self.metadata,
             "best": self.best,
+            "seconds": self.seconds,
         }
 
     def save_checkpoint(self) -> None:
@@ -254,12 +260,14 @@ class Trainer:
             torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
         self.step = state["step"]
         self.best = state.get("best")
+        self.seconds = state.get("seconds", 0.0)  # 0 in checkpoints written before it was kept
 
     # --- the loop ----------------------------------------------------------------------------
 
     def train(self) -> list[dict]:
         """Run (or resume) training to config.steps. Returns the metrics lines of this call."""
         config = self.config
+        start = time.perf_counter()
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         if config.resume and self.checkpoint_path.exists():
@@ -270,8 +278,10 @@ class Trainer:
             torch.manual_seed(config.seed)
             np.random.seed(config.seed)
             random.seed(config.seed)
+            self.seconds = 0.0
             if self.is_main and self.metrics_path.exists():
                 self.metrics_path.unlink()  # a fresh run: a fresh log
+        before = self.seconds
         sampler = StepSampler(
             len(self.dataset), self.local_batch_size, config.seed, self.step, config.steps, self.rank, self.world
         )
@@ -337,6 +347,7 @@ class Trainer:
                 if self.evaluator is not None and config.eval_every and (self.step % config.eval_every == 0 or last):
                     self._validate(network)
                 if self.step % config.checkpoint_every == 0 or last:
+                    self.seconds = before + time.perf_counter() - start
                     self.save_checkpoint()
         finally:  # an error mid-run too: the bar ends its line before the error is printed
             if progress is not None:
