@@ -13,8 +13,8 @@ Nothing is lost when a run is killed: the checkpoint is written to a temporary f
 random states, the step), and the data order is a function of (seed, step) alone; on resume the
 metrics lines written after the checkpoint are dropped, since those steps run again. A resumed run
 therefore computes the same losses as one that was never interrupted. The checkpoint also keeps the
-seconds spent training so far (`trainer.seconds`), so a resumed run reports what the whole run cost
-(the steps run twice after a crash included), not only its last part.
+seconds spent training up to it (`trainer.seconds`), so a resumed run reports what the whole run
+cost, not only its last part (the work a crash lost after the last checkpoint is not counted).
 
 A model may combine its loss terms itself: if it has `total_loss(losses)` (MultiTaskRCNN), that is
 what is backpropagated, and its `loss_weights()` are logged. With `pcgrad=True` each task's
