@@ -234,6 +234,8 @@ def cmd_data_convert(args) -> int:
         raise UsageError(f"--min-fraction {min_fraction}: must be in (0, 1]")
     if args.difficult is not None and args.source != "voc":
         raise UsageError(f"--difficult is for --from voc, not --from {args.source}")
+    if args.label_suffix is not None and args.source != "labelmap":
+        raise UsageError(f"--label-suffix is for --from labelmap, not --from {args.source}")
     if args.difficult not in (None, *convert.voc.DIFFICULT):
         raise UsageError(f"--difficult {args.difficult}: choose one of {', '.join(convert.voc.DIFFICULT)}")
     try:
@@ -241,7 +243,7 @@ def cmd_data_convert(args) -> int:
     except ValueError as error:
         raise UsageError(f"--{error}") from None
     options = dict(classes=classes, tile=args.tile, overlap=overlap, min_fraction=min_fraction,
-                   difficult=args.difficult or "crowd")  # fmt: skip
+                   difficult=args.difficult or "crowd", label_suffix=args.label_suffix or "")  # fmt: skip
     coco = _checked(lambda: convert.convert_to_coco(args.source, args.input, args.images, args.out, **options))
     images = Path(args.out).parent / "images" if args.tile is not None else Path(args.images)
     print(convert.summary(coco, args.out, images))
@@ -426,6 +428,9 @@ def parser() -> argparse.ArgumentParser:
     cv.add_argument("--overlap", type=int, metavar="PX", help="pixels shared by neighbouring tiles (default 0)")
     cv.add_argument("--min-fraction", type=float, metavar="F",
                     help="keep an object in a tile when at least this fraction of it is inside (0.5)")  # fmt: skip
+    cv.add_argument("--label-suffix", metavar="TEXT",
+                    help="labelmap: what a label image's name adds to its image's (a_cp_masks.png for a.png: "
+                    "_cp_masks)")  # fmt: skip
     cv.add_argument("--difficult", metavar="crowd|keep|drop",
                     help="VOC's difficult objects: crowd regions (the default: not trained on, ignored by "
                     "evaluation), ordinary objects, or left out")  # fmt: skip

@@ -74,6 +74,7 @@ def test_bad_flags_are_one_line_before_any_work(voc, capsys):
         (["--from", "voc", *base, "--classes", "dog,cat,dog"], "--classes: dog given twice"),
         (["--from", "yolo", *base, "--difficult", "keep"], "--difficult is for --from voc, not --from yolo"),
         (["--from", "voc", *base, "--difficult", "ignore"], "--difficult ignore: choose one of crowd, keep, drop"),
+        (["--from", "voc", *base, "--label-suffix", "_m"], "--label-suffix is for --from labelmap, not --from voc"),
     ]
     for args, message in cases:
         assert message in user_error(capsys, *args), args
@@ -129,3 +130,20 @@ def test_a_coco_file_of_images_too_large_to_train_on_is_tiled(tmp_path, capsys, 
     # --from coco is for tiling, and takes its classes from the file
     assert "give --tile SIZE" in user_error(capsys, *args)
     assert "names its own categories" in user_error(capsys, *args, "--tile", 32, "--classes", "a,b")
+
+
+def test_label_images_named_after_their_images_with_a_suffix(tmp_path, capsys):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "masks").mkdir()
+    for stem in ("cells_1", "cells_2"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "raw" / f"{stem}.png")
+        label = np.zeros((8, 8), np.uint16)
+        label[1:4, 2:6], label[5:7, 5:8] = 1, 2
+        Image.fromarray(label).save(tmp_path / "masks" / f"{stem}_cp_masks.png")
+    out = tmp_path / "a.json"
+    args = ("--from", "labelmap", "--input", tmp_path / "masks", "--images", tmp_path / "raw", "--out", out)
+    assert "(--label-suffix) would take cells_1.png" in user_error(capsys, *args)
+    assert convert(*args, "--label-suffix", "_cp_masks", "--classes", "cell") == 0
+    assert "label image files -> " in capsys.readouterr().out
+    coco = json.loads(out.read_text())
+    assert [i["file_name"] for i in coco["images"]] == ["cells_1.png", "cells_2.png"] and len(coco["annotations"]) == 4

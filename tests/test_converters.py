@@ -268,6 +268,24 @@ def test_labelmap_bad_images(tmp_path):
         labelmap_to_coco(images, images)
 
 
+def test_labelmap_label_suffix_finds_images_named_like_cellpose_writes_them(tmp_path):
+    ann, images = folders(tmp_path)
+    rgb(images / "a.png", 3, 2)
+    rgb(images / "a_1.png", 3, 2, seed=1)
+    for stem, value in (("a_cp_masks", 1), ("a_1_cp_masks", 2)):
+        Image.fromarray(np.array([[0, value, value], [0, 0, value]], np.uint8)).save(ann / f"{stem}.png")
+    with pytest.raises(FileNotFoundError, match=r"a_1_cp_masks.png: its image is missing.*label_suffix '_cp_masks' "
+                       r"\(--label-suffix\) would take a_1.png"):  # fmt: skip
+        labelmap_to_coco(ann, images)  # the longer stem that begins the label's (a_1, not a)
+    coco = labelmap_to_coco(ann, images, label_suffix="_cp_masks")
+    assert [i["file_name"] for i in coco["images"]] == ["a_1.png", "a.png"]  # label files in sorted order
+    assert [a["bbox"] for a in coco["annotations"]] == [[1, 0, 2, 2], [1, 0, 2, 2]]
+    with pytest.raises(ValueError, match=r"a_1_cp_masks.png: its name does not end in the label suffix '_seg' before"):
+        labelmap_to_coco(ann, images, label_suffix="_seg")
+    with pytest.raises(ValueError, match=r"label_suffix: expected a string"):
+        labelmap_to_coco(ann, images, label_suffix=None)
+
+
 # --- YOLO ----------------------------------------------------------------------------------------------
 
 

@@ -35,7 +35,7 @@ NAMES = {"voc": "Pascal VOC XML", "labelmap": "label image", "yolo": "YOLO txt",
 
 
 def convert_to_coco(source: str, input, images, out, *, classes=None, tile: int | None = None, overlap: int = 0,
-                    min_fraction: float = 0.5, difficult: str = "crowd") -> dict:  # fmt: skip
+                    min_fraction: float = 0.5, difficult: str = "crowd", label_suffix: str = "") -> dict:  # fmt: skip
     """Convert `source` ("voc", "labelmap", "yolo"; "coco" with a tile size) annotation files to COCO,
     cut the images into tiles if `tile` is given (written to images/ beside `out`), and write `out`;
     returns the dict.
@@ -53,6 +53,10 @@ def convert_to_coco(source: str, input, images, out, *, classes=None, tile: int 
         if tile_dir.resolve() == Path(images).resolve():
             raise ValueError(f"the tiles would go among the images in {tile_dir}: write {out} in another folder")
     options = {"difficult": difficult} if source == "voc" else {}
+    if source == "labelmap":
+        options["label_suffix"] = label_suffix
+    elif label_suffix:
+        raise ValueError(f"label_suffix is for label images, not {source}")
     coco = CONVERTERS[source](input, images, classes=classes, **options)
     if tile is not None:
         coco = tile_coco(coco, images, tile_dir, tile, overlap=overlap, min_fraction=min_fraction)

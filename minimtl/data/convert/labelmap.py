@@ -8,7 +8,10 @@ column + 1), as ShapesDataset makes boxes, so a scene written as a label map con
 same boxes and masks. The values need not be consecutive; a value's pixels need not touch (one
 object, in pieces).
 
-* Images: the one image in the images folder with the label image's stem, the same width and height.
+* Images: the one image in the images folder with the label image's stem, the same width and height;
+  with `label_suffix`, the label image's stem less that ending (Cellpose writes a_cp_masks.png for
+  a.png: label_suffix="_cp_masks"). A missing image whose stem begins the label's says which
+  label_suffix would find it.
 * Classes: a CSV file beside a label image, with its stem (labels/a.png -> labels/a.csv), gives each
   instance its class, a line per value:
 
@@ -36,10 +39,13 @@ LABEL_SUFFIXES = (".png", ".tif", ".tiff")
 LABEL_MODES = ("1", "L", "P", "I;16", "I;16L", "I;16B", "I")  # one channel of integers (P: palette indices)
 
 
-def labelmap_to_coco(input, images, *, classes=None) -> dict:
+def labelmap_to_coco(input, images, *, classes=None, label_suffix: str = "") -> dict:
     """Label images (a folder, files or glob patterns) and their image folder -> a COCO dict with
-    compressed-RLE masks. classes: the category names in order (ids 1..C); see the module docstring."""
+    compressed-RLE masks. classes: the category names in order (ids 1..C); label_suffix: what a label
+    image's stem adds to its image's; see the module docstring."""
     classes = check_classes(classes)
+    if not isinstance(label_suffix, str):
+        raise ValueError(f"label_suffix: expected a string like '_masks', got {label_suffix!r}")
     files = find_files(input, LABEL_SUFFIXES, "label images")
     tables = [f.with_suffix(".csv") for f in files]
     having = [t for t in tables if t.is_file()]
@@ -58,7 +64,7 @@ def labelmap_to_coco(input, images, *, classes=None) -> dict:
     folder = ImageFolder(images)
     records = []
     for file, table in zip(files, tables, strict=True):
-        image = folder.find(file.stem, file)
+        image = find_image(folder, file, label_suffix)
         if image.resolve() == file.resolve():
             raise ValueError(f"{file}: the label image is its own image: keep label images in a folder of their own")
         record = folder.record(image, file)
@@ -83,6 +89,22 @@ def labelmap_to_coco(input, images, *, classes=None) -> dict:
     info = {"description": "converted from instance label images by minimtl", "source": "labelmap",
             "classes_from": "csv" if one_class is None else f"one class: {one_class}"}  # fmt: skip
     return to_coco(records, category_names(records, classes), info)
+
+
+def find_image(folder: ImageFolder, file: Path, label_suffix: str) -> Path:
+    """The image of a label image: its stem less label_suffix, in the images folder."""
+    if not file.stem.endswith(label_suffix) or file.stem == label_suffix:
+        raise ValueError(f"{file}: its name does not end in the label suffix {label_suffix!r} before {file.suffix}")
+    stem = file.stem.removesuffix(label_suffix) if label_suffix else file.stem
+    try:
+        return folder.find(stem, file)
+    except FileNotFoundError as error:
+        begins = sorted((s for s in folder.by_stem if stem.startswith(s) and s != stem), key=len)
+        if not begins:
+            raise
+        longest = begins[-1]  # "a_1" rather than "a" for a_1_masks.png
+        hint = f"label_suffix {stem[len(longest) :]!r} (--label-suffix) would take {folder.by_stem[longest][0].name}"
+        raise FileNotFoundError(f"{error}; {hint}") from None
 
 
 def read_label_image(path: Path) -> np.ndarray:
