@@ -54,6 +54,14 @@ def read_log(run_dir):
     return [{k: v for k, v in line.items() if k != "images_per_s"} for line in lines]
 
 
+def test_progress_into_a_file_is_a_plain_line_every_log_every_steps(tmp_path):
+    # pytest's captured stderr is not a terminal, as a log file (nohup, a batch job) is not
+    messages = []
+    Trainer(ToyModel(), ToyData(), config(tmp_path, progress=True, log_every=4), log=messages.append).train()
+    assert [m.split(":")[0] for m in messages] == ["step 4/12", "step 8/12", "step 12/12"]
+    assert all("loss " in m and "images/s" in m and "\r" not in m for m in messages)
+
+
 def test_the_seconds_of_a_resumed_run_count_every_call(tmp_path):
     model = ToyModel()
     model.register_forward_pre_hook(lambda module, args: time.sleep(0.02))  # >= 0.02 s a step

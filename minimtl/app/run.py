@@ -92,7 +92,7 @@ def prepare(run: RunConfig) -> Prepared:
         notes.append(
             f"data: {len(train_set)} training images from {data.coco_annotations}"
             + (f", {len(test_set)} test images from {data.coco_test_annotations}" if test_set else ", no test set")
-            + f"; {len(classes) - 1} classes: {', '.join(classes[1:])}"
+            + f"; {len(classes) - 1} {'class' if len(classes) == 2 else 'classes'}: {', '.join(classes[1:])}"
         )
         if train_set.num_crowd:
             notes.append(f"data: {train_set.num_crowd} crowd annotations (iscrowd=1) are not trained on")

@@ -38,6 +38,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -72,7 +73,7 @@ class TrainConfig:
     output_dir: str = "runs/train"
     device: str = "auto"  # auto: CUDA when present
     resume: bool = True  # continue from output_dir/last.pt if it exists
-    progress: bool = True  # a tqdm progress bar
+    progress: bool = True  # a tqdm bar on a terminal; into a file or pipe, a plain line every log_every steps
     pcgrad: bool = False  # PCGrad gradient surgery between the tasks of a multi-task model
     eval_every: int = 0  # evaluate every this many steps (and at the end) when given an evaluator; 0: never
     eval_metric: str | None = None  # the metric best.pt is chosen by (e.g. "box.AP"); None: the evaluator's first
@@ -296,11 +297,13 @@ class Trainer:
             generator=torch.Generator().manual_seed(config.seed),
         )
         written = []
-        progress = None
-        if config.progress and self.is_main:
+        progress, plain = None, False
+        if config.progress and self.is_main and (sys.stderr.isatty() or "ipykernel" in sys.modules):  # or Jupyter
             from tqdm import tqdm
 
             progress = tqdm(total=config.steps, initial=self.step, desc="train", dynamic_ncols=True)
+        elif config.progress and self.is_main:  # a log file: a bar redrawn with \r would be one endless line
+            plain = True
         network = self.ddp or self.model
         network.train()
         tick, images_seen = time.perf_counter(), 0
@@ -341,6 +344,9 @@ class Trainer:
                     written.append(line)
                     if progress is not None:
                         progress.set_postfix(loss=f"{line['loss']:.3f}", img_s=f"{line['images_per_s']:.1f}")
+                    if plain:
+                        self.log(f"step {self.step}/{config.steps}: loss {line['loss']:.4f}, "
+                                 f"{line['images_per_s']:.1f} images/s")  # fmt: skip
                 if progress is not None:
                     progress.update(1)
                 last = self.step == config.steps
