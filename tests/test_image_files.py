@@ -110,24 +110,26 @@ def test_photos_are_turned_upright_when_the_file_says_the_turned_size(tmp_path):
     save_with_orientation(tmp_path / "raw.jpg", 6)
     save_with_orientation(tmp_path / "half.jpg", 3)  # a half turn: same size either way
     save_with_orientation(tmp_path / "plain.png", 1)
-    file = coco_of(tmp_path, [("side.jpg", 2, 3), ("raw.jpg", 3, 2), ("half.jpg", 3, 2), ("plain.png", 3, 2)])
-    dataset = CocoDataset(file, tmp_path, masks=False)
+    save_with_orientation(tmp_path / "square.jpg", 8, PIXELS[:, :2])  # 2 x 2: either way the same size
+    entries = [("side.jpg", 2, 3), ("raw.jpg", 3, 2), ("half.jpg", 3, 2), ("plain.png", 3, 2), ("square.jpg", 2, 2)]
+    dataset = CocoDataset(coco_of(tmp_path, entries), tmp_path, masks=False)
     dataset.check_image_files()
-    assert dataset.turned == {1: True, 2: False, 3: False, 4: False}
-    assert dataset.orientations_kept == {2: 6, 3: 3}  # tags that were not applied
-    shapes = [tuple(dataset[i][0].shape) for i in range(4)]
-    assert shapes == [(3, 3, 2), (3, 2, 3), (3, 2, 3), (3, 2, 3)]
+    assert dataset.turned == {1: True, 2: False, 3: False, 4: False, 5: False}
+    assert dataset.orientations_kept == {3: 3, 5: 8}  # the tags the sizes cannot decide (raw.jpg's can)
+    shapes = [tuple(dataset[i][0].shape) for i in range(5)]
+    assert shapes == [(3, 3, 2), (3, 2, 3), (3, 2, 3), (3, 2, 3), (3, 2, 2)]
+    torch.testing.assert_close(dataset[4][0], read_image(tmp_path / "square.jpg"))  # as stored
     torch.testing.assert_close(dataset[0][0], read_image(tmp_path / "side.jpg", orient=True))
     torch.testing.assert_close(dataset[1][0], read_image(tmp_path / "raw.jpg"))
     # Without check_image_files (a user's own loop), each item decides from its header the same way.
-    fresh = CocoDataset(file, tmp_path, masks=False)
+    fresh = CocoDataset(coco_of(tmp_path, entries), tmp_path, masks=False)
     torch.testing.assert_close(fresh[0][0], dataset[0][0])
 
     from minimtl.app.run import orientation_notes
 
     notes = orientation_notes(dataset, None)
     assert len(notes) == 2 and "1 images of" in notes[0] and "turned upright" in notes[0]
-    assert "2 images" in notes[1] and "orientation 3, 6" in notes[1] and "used as stored" in notes[1]
+    assert "2 images" in notes[1] and "orientation 3, 8" in notes[1] and "used as stored" in notes[1]
 
 
 def test_check_image_files_reads_every_header(tmp_path):

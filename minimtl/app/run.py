@@ -130,10 +130,11 @@ def orientation_notes(*datasets) -> list[str]:
                 "(the file's width and height are those of the turned photos)"
             )
         if kept:
+            orientations = ", ".join(str(o) for o in sorted(set(kept.values())))
             notes.append(
-                f"data: {len(kept)} images of {dataset.annotation_file} carry an EXIF flip or half turn "
-                f"(orientation {', '.join(str(o) for o in sorted(set(kept.values())))}; image id {next(iter(kept))} "
-                "first); the sizes cannot tell which way they were annotated: used as stored, as torchvision does"
+                f"data: {len(kept)} images of {dataset.annotation_file} carry an EXIF orientation that keeps their "
+                f"size (orientation {orientations}; image id {next(iter(kept))} first); the sizes cannot tell "
+                "which way they were annotated: used as stored, as torchvision does"
             )
     return notes
 

@@ -24,7 +24,8 @@ before a run, and each image's pixels are read when its item is.
   image is turned upright when its turned size is the file's width x height and its stored size
   is not, i.e. when the annotation tool showed it turned (browsers and OpenCV do; Pillow and
   torchvision do not). Otherwise its pixels are used as stored; the orientations that cannot be
-  told apart by size (flips, half turns) are listed in `orientations_kept` for the run to report.
+  told apart by size (flips, half turns, any turn of a square image) are listed in
+  `orientations_kept` for the run to report.
 * Semantic targets (`semantic=True`, needs masks): an (H, W) map, 0 the background, each pixel the
   label of the instance on top, crowd pixels IGNORE (255, skipped by the loss and by mean_iou).
   "On top": the masks are painted in order of decreasing area (pixels of the decoded mask; ties in
@@ -165,7 +166,7 @@ class CocoDataset(Dataset):
 
     def _check_header(self, info: dict, any_size: bool = False) -> str | None:
         """What is wrong with one image file, judged from its header; None if nothing. Records whether
-        its pixels are to be turned upright (self.turned) and counts the orientations left alone."""
+        its pixels are to be turned upright (self.turned) and the orientations its size cannot decide."""
         path = self.image_dir / info["file_name"]
         try:
             with open_image(path, decode=False, any_size=any_size) as im:
@@ -173,11 +174,11 @@ class CocoDataset(Dataset):
         except ValueError as error:
             return str(error).removeprefix("read_image: ")
         said = (info["width"], info["height"])
-        turned = turns_size(orientation) and (height, width) == said
+        turned = turns_size(orientation) and (height, width) == said != (width, height)  # a square cannot tell
         self.turned[info["id"]] = turned
         if (width, height) == said or turned:
-            if orientation != 1 and not turned:
-                self.orientations_kept[info["id"]] = orientation
+            if orientation != 1 and not turned and (not turns_size(orientation) or width == height):
+                self.orientations_kept[info["id"]] = orientation  # the size cannot tell: used as stored
             return None
         return (
             f"{path} is {width} x {height} (width x height), {self.annotation_file} says {said[0]} x {said[1]}"

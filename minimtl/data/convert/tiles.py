@@ -70,7 +70,7 @@ def tile_coco(coco: dict, images, tile_dir, size: int, *, overlap: int = 0, min_
                  for x in tile_starts(w, size, overlap)]  # fmt: skip
         path = images / info["file_name"]
         with open_image(path, any_size=True, who="tile_coco") as im:
-            if turns_size(exif_orientation(im)) and im.size == (h, w):  # annotated upright (see CocoDataset)
+            if turns_size(exif_orientation(im)) and im.size == (h, w) != (w, h):  # annotated upright (CocoDataset)
                 im = ImageOps.exif_transpose(im)
             if im.size != (w, h):
                 raise ValueError(
