@@ -45,7 +45,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from minimtl.data.images import ImageFileError, exif_orientation, open_image, read_image, turns_size
+from minimtl.data.images import (
+    ImageFileError,
+    ImageTooLargeError,
+    exif_orientation,
+    open_image,
+    read_image,
+    turns_size,
+)
 from minimtl.data.loader import split_key
 from minimtl.data.masks import check_segmentation, decode_segmentation
 
@@ -171,6 +178,10 @@ class CocoDataset(Dataset):
         try:
             with open_image(path, decode=False, any_size=any_size) as im:
                 (width, height), orientation = im.size, exif_orientation(im)
+        except ImageTooLargeError as error:  # with the command that tiles this very file
+            tiled = self.annotation_file.parent / "tiled" / self.annotation_file.name
+            convert = f"--from coco --input {self.annotation_file} --images {self.image_dir} --out {tiled}"
+            return str(ImageTooLargeError("", path, error.width, error.height, error.limit, convert))
         except ValueError as error:
             return str(error).removeprefix("read_image: ")
         said = (info["width"], info["height"])

@@ -41,6 +41,24 @@ class ImageFileError(ValueError):
     command line reports it in one line, also when it is found in the middle of a run."""
 
 
+class ImageTooLargeError(ImageFileError):
+    """More pixels than Pillow decodes as one image: to be cut into tiles first. `convert` is what the
+    message's `data convert` command reads (a caller that knows the annotation file names it)."""
+
+    def __init__(self, who: str, path, width: int, height: int, limit: int, convert: str = "--from ..."):
+        self.fields = who, path, width, height, limit, convert
+        who = f"{who}: " if who else ""
+        super().__init__(
+            f"{who}{path} is {width} x {height} = {width * height:,} pixels, more than Pillow decodes as one image "
+            f"({2 * limit:,}: twice PIL.Image.MAX_IMAGE_PIXELS); cut it into tiles first (python -m minimtl data "
+            f"convert {convert} --tile 1024)"
+        )
+        self.width, self.height, self.limit = width, height, limit
+
+    def __reduce__(self):  # raised in a DataLoader worker, it is pickled back to the main process
+        return ImageTooLargeError, self.fields
+
+
 @contextmanager
 def open_image(path, *, decode: bool = True, any_size: bool = False, who: str = "read_image"):
     """`with open_image(path) as im:` Pillow's Image.open, every failure to read the file one error
@@ -81,11 +99,7 @@ def _read_error(error: Exception, path: Path, who: str, limit: int) -> ImageFile
         return ImageFileError(f"{who}: {path} could not be read: {error}")
     with open_image(path, decode=False, any_size=True) as im:  # the header only
         width, height = im.size
-    return ImageFileError(
-        f"{who}: {path} is {width} x {height} = {width * height:,} pixels, more than Pillow decodes as one image "
-        f"({2 * limit:,}: twice PIL.Image.MAX_IMAGE_PIXELS); cut it into tiles first "
-        f"(python -m minimtl data convert ... --tile 1024)"
-    )
+    return ImageTooLargeError(who, path, width, height, limit)
 
 
 def exif_orientation(im) -> int:
