@@ -208,4 +208,6 @@ def test_run_evaluation_reports_the_image_task_beside_the_others():
     np.testing.assert_equal(image, alone)  # NaN (a class absent from every image) equals NaN here
     with pytest.raises(ValueError, match=r"'image_scores': give num_classes"):
         evaluate_dataset(model, dataset, iou_types=())
+    empty = evaluate(model, ShapesDataset(0, 128, seed=5), "cpu", classes=list(ShapesDataset.classes))["image"]
+    assert empty["num_images"] == 0 and set(empty["per_class"]) == set(ShapesDataset.classes[1:])
     assert flat["image.exact_match"] == image["exact_match"] and "box.AP" in flat and "semantic.mIoU" in flat

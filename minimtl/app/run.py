@@ -28,6 +28,7 @@ from minimtl.engine import Trainer, load_checkpoint, pick_device
 from minimtl.engine.distributed import process_group
 from minimtl.engine.inference import evaluate_dataset
 from minimtl.engine.trainer import MAGIC
+from minimtl.evaluation import multilabel_metrics
 from minimtl.models import RCNN, MultiTaskConfig, MultiTaskRCNN, RCNNConfig
 
 SHAPES_TEST_SEED = 1_000_003  # the held-out shapes: another seed than any training seed
@@ -419,6 +420,9 @@ def evaluate(model, dataset, device, out: Path | None = None, classes=None, batc
         report[names[iou_type]] = stats
     if "semantic" in results:
         report["semantic"] = results["semantic"]
+    if "image" not in results and getattr(model, "image_head", None) is not None:  # an empty test set
+        empty = torch.zeros(0, model_config.num_classes - 1)  # (0, C-1)
+        results["image"] = multilabel_metrics(empty, empty)
     if "image" in results:
         report["image"] = dict(results["image"])
         ap = report["image"].pop("AP")
