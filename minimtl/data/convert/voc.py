@@ -83,14 +83,14 @@ def _read_voc(file: Path, folder: ImageFolder, difficult: str):
     stated = [root.findtext(f"size/{k}") for k in ("width", "height")]
     if None not in stated:
         w, h = (number(v, f"{file}: <size>", k) for v, k in zip(stated, ("width", "height"), strict=True))
-        upright = image_size(record.path, upright=True)
-        if (w, h) == upright != (record.width, record.height):  # a photo the tool showed upright
-            record.width, record.height = upright  # (and CocoDataset turns it upright when it reads it)
-        elif (w, h) != (0, 0) and (w, h) != (record.width, record.height):
-            raise ValueError(
-                f"{file}: <size> says {w:g} x {h:g} (width x height), its image {record.path} is "
-                f"{record.width} x {record.height}"
-            )
+        if (w, h) != (0, 0) and (w, h) != (record.width, record.height):
+            if (w, h) != image_size(record.path, upright=True):  # the header again, only when the sizes differ
+                raise ValueError(
+                    f"{file}: <size> says {w:g} x {h:g} (width x height), its image {record.path} is "
+                    f"{record.width} x {record.height}"
+                )
+            # a photo the tool showed upright (and CocoDataset turns it upright when it reads it)
+            record.width, record.height = record.height, record.width
     for i, obj in enumerate(root.findall("object"), start=1):
         record.instances.append(_read_object(obj, f"{file}: object {i}", record.width, record.height, difficult))
     return record
